@@ -205,7 +205,7 @@ func (c *Client) OpenInstanceFile(ctx context.Context, instanceID string) (io.Re
 	if err := checkID("instance", instanceID); err != nil {
 		return nil, 0, err
 	}
-	resp, err := c.get(ctx, c.endpoint("instances", instanceID, "file"), "application/dicom", nil)
+	resp, err := c.get(ctx, c.endpoint("instances", instanceID, "file"), "application/dicom")
 	if err != nil {
 		return nil, 0, err
 	}
@@ -222,10 +222,6 @@ type System struct {
 	DicomPort       int
 	HttpPort        int
 	PluginsEnabled  bool
-	// StorageAreaPlugin and DatabaseBackendPlugin are empty when Orthanc
-	// uses its built-in storage and index.
-	StorageAreaPlugin     string
-	DatabaseBackendPlugin string
 	// Capabilities are what newer releases announce; 1.10 has none.
 	Capabilities struct {
 		// HasExtendedChanges: /changes takes a type filter (1.12.5 on).
@@ -253,7 +249,6 @@ type Change struct {
 	// ID is the Orthanc ID of the resource, ResourceType its level
 	// ("Patient", "Study", "Series", "Instance").
 	ID, ResourceType string
-	Path             string
 	Date             string
 }
 

@@ -334,8 +334,8 @@ func (c *Client) endpoint(segments ...string) *url.URL {
 
 // get sends a GET and returns the response if its status is 200;
 // otherwise it returns an *Error and closes the body.
-func (c *Client) get(ctx context.Context, u *url.URL, accept string, header http.Header) (*http.Response, error) {
-	return c.do(ctx, http.MethodGet, u, accept, header)
+func (c *Client) get(ctx context.Context, u *url.URL, accept string) (*http.Response, error) {
+	return c.do(ctx, http.MethodGet, u, accept, nil)
 }
 
 // do sends a request with the client's credentials and returns the
@@ -738,7 +738,7 @@ func eachJSON[T any](ctx context.Context, c *Client, u *url.URL, fn func(T) erro
 func (c *Client) decodeJSON(ctx context.Context, u *url.URL, timeout time.Duration, limit, elementLimit int64, decode func(*json.Decoder) error) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	resp, err := c.get(ctx, u, "application/json", nil)
+	resp, err := c.get(ctx, u, "application/json")
 	if err != nil {
 		return err
 	}

@@ -96,7 +96,7 @@ func (c *Client) Now(ctx context.Context) (time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
 	u := c.endpoint("tools", "now")
-	resp, err := c.get(ctx, u, "text/plain", nil)
+	resp, err := c.get(ctx, u, "text/plain")
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -129,7 +129,7 @@ func (c *Client) Exists(ctx context.Context, level, id string) (bool, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.requestTimeout)
 	defer cancel()
-	resp, err := c.get(ctx, c.endpoint(collection, id), "application/json", nil)
+	resp, err := c.get(ctx, c.endpoint(collection, id), "application/json")
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
 	}

@@ -101,9 +101,6 @@ type Config struct {
 	AuthorityHost string
 	// IMDSEndpoint defaults to the Instance Metadata Service's.
 	IMDSEndpoint string
-	// IMDSClient reaches IMDS; nil means one that bypasses any proxy (the
-	// endpoint is link-local) with a 10 s timeout.
-	IMDSClient *http.Client
 }
 
 // Kind is the credential Endpoint will use: "client secret", "client
@@ -211,10 +208,8 @@ func managedIdentity(cfg Config) (auth.Endpoint, error) {
 		q.Set("client_id", cfg.ClientID)
 	}
 	u.RawQuery = q.Encode()
-	hc := cfg.IMDSClient
-	if hc == nil {
-		hc = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
-	}
+	// IMDS is link-local: never through a proxy.
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	target := u.String()
 	return auth.Endpoint{
 		Provider: provider,

@@ -55,9 +55,6 @@ type Config struct {
 	// MetadataHost is host[:port] of the metadata server; empty means
 	// metadata.google.internal.
 	MetadataHost string
-	// MetadataClient reaches the metadata server; nil means one that
-	// bypasses any proxy with a 10 s timeout.
-	MetadataClient *http.Client
 }
 
 // Kind is the credential Endpoint will use: "service account key" or
@@ -143,10 +140,8 @@ func metadataServer(cfg Config) (auth.Endpoint, error) {
 	u := url.URL{Scheme: "http", Host: host, Path: "/computeMetadata/v1/instance/service-accounts/default/token"}
 	u.RawQuery = url.Values{"scopes": {strings.Join(cfg.Scopes, ",")}}.Encode()
 	target := u.String()
-	hc := cfg.MetadataClient
-	if hc == nil {
-		hc = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
-	}
+	// The metadata server is the node's own: never through a proxy.
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	endpoint := "http://" + host + u.Path
 	return auth.Endpoint{
 		Provider: provider,

@@ -401,7 +401,7 @@ func conflictPolicy(d *config.NamedDestination) forward.ConflictPolicy {
 }
 
 // sourceFor returns the Orthanc of the event's source. An unknown source
-// is an error matching ErrUnknownSource, classified permanent: the
+// is an error matching forward.ErrUnknownSource, classified permanent: the
 // forwarder gives the event back for a forwarder that knows the source
 // (one being added), and dead-letters it once that has lasted; it can be
 // replayed once the source is configured.

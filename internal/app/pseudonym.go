@@ -50,7 +50,7 @@ func RunPseudonym(_ context.Context, args []string, getenv func(string) string, 
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
+		if errors.Is(err, flag.ErrHelp) {
 			return nil
 		}
 		return &usageError{err}

@@ -64,7 +64,6 @@ type replayCLI struct {
 	Store  *deadletter.Store
 	JS     jetstream.JetStream
 	Stdout io.Writer
-	Now    func() time.Time
 	Log    *slog.Logger // to stderr; nil logs nothing
 }
 

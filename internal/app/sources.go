@@ -18,11 +18,6 @@ import (
 	"github.com/stowline/stowline/orthancapi"
 )
 
-// ErrUnknownSource matches (errors.Is) the error for an event whose source
-// is not configured. It is forward's: the forwarder gives such an event
-// back for a forwarder that knows the source.
-var ErrUnknownSource = forward.ErrUnknownSource
-
 // Source is one configured Orthanc and its client.
 type Source struct {
 	// Name is the events' source name; empty for the one Orthanc of the
@@ -150,7 +145,7 @@ func (s *Sources) Lookup(name string) (*orthancapi.Client, error) {
 	}
 	sort.Strings(names)
 	return nil, fmt.Errorf("%w %q: this stowline reads studies only from %s (ORTHANC_SOURCES or ORTHANC_SOURCE_NAME)",
-		ErrUnknownSource, name, strings.Join(names, ", "))
+		forward.ErrUnknownSource, name, strings.Join(names, ", "))
 }
 
 // Ready reports whether every source answers; the error names the ones

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/net/http/httpproxy"
 
 	"github.com/stowline/stowline/internal/config"
+	"github.com/stowline/stowline/internal/forward"
 	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testpki"
 	"github.com/stowline/stowline/orthancapi"
@@ -279,7 +280,7 @@ func TestSourceAliasReadsItsSourcesOrthanc(t *testing.T) {
 	if got := s.Name("mr"); got != "mr" {
 		t.Errorf("Name(mr) = %q, want mr", got)
 	}
-	if _, err := s.Lookup("other"); !errors.Is(err, ErrUnknownSource) {
+	if _, err := s.Lookup("other"); !errors.Is(err, forward.ErrUnknownSource) {
 		t.Errorf("Lookup(other) = %v, want ErrUnknownSource", err)
 	}
 	var names []string

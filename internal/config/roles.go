@@ -278,7 +278,7 @@ const (
 func (d *Destination) Verifies() bool { return d.StowVerify == VerifyQIDO }
 
 // validate checks the destination's settings; the errors name the default
-// destination's variables (namedDestination renames them).
+// destination's variables (NamedDestination.rename renames them).
 func (d *Destination) validate() error {
 	var errs []error
 	// There is no basic auth to a destination: pointing to variables

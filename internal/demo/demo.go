@@ -23,7 +23,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/stowline/stowline/internal/testharness"
 	"github.com/stowline/stowline/internal/testidp"
 )
 
@@ -57,10 +56,6 @@ const (
 	// newcomer's session sees no refresh noise, short enough to be real.
 	tokenLifetime = 10 * time.Minute
 )
-
-// ErrMissing matches (errors.Is) the error returned when Orthanc, its
-// DICOMweb plugin or storescu is not installed.
-var ErrMissing = testharness.ErrMissing
 
 // Options configures a demo run. Zero fields get defaults.
 type Options struct {

@@ -34,7 +34,7 @@ func checkInstalled() error {
 		missing = append(missing, "storescu (dcmtk)")
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("%w: %s; ./scripts/demo.sh installs them", ErrMissing, strings.Join(missing, ", "))
+		return fmt.Errorf("%w: %s; ./scripts/demo.sh installs them", testharness.ErrMissing, strings.Join(missing, ", "))
 	}
 	return nil
 }

@@ -31,8 +31,8 @@ const (
 	// through (pooled): on HTTP/1.1 without a Content-Length, each HTTP
 	// chunk is one full buffer.
 	DefaultBufferSize = 256 << 10
-	// defaultUserAgent is sent unless withUserAgent says otherwise.
-	defaultUserAgent = "stowline-stow/1"
+	// userAgent is the User-Agent of every request.
+	userAgent = "stowline-stow/1"
 	// acceptMediaType is the response media type the client asks for.
 	acceptMediaType = "application/dicom+json"
 	// maxErrorBody is how much of an error body HTTPError keeps.
@@ -64,8 +64,6 @@ type Client struct {
 	target           *url.URL // url, parsed: {base}/studies, the base's query kept
 	logURL           string   // url without password, for errors and logs
 	hc               *http.Client
-	userAgent        string
-	header           http.Header
 	maxResponseBytes int64
 	perInstance      int64 // raises it for a STOW-RS request of many instances (0 with withMaxResponseBytes)
 	qidoPageSize     int
@@ -120,17 +118,6 @@ func withTimeouts(stall, response time.Duration) Option {
 // Option configures a Client.
 type Option func(*Client) error
 
-// withUserAgent sets the User-Agent header.
-func withUserAgent(ua string) Option {
-	return func(c *Client) error {
-		if strings.ContainsAny(ua, "\r\n") {
-			return fmt.Errorf("stow: user agent contains CR or LF")
-		}
-		c.userAgent = ua
-		return nil
-	}
-}
-
 // withMaxResponseBytes bounds the response body the client reads to n
 // (default defaultMaxResponseBytes, raised by answerBytesPerInstance for
 // a STOW-RS request of many instances). A larger success response fails
@@ -153,19 +140,6 @@ func WithBufferSize(n int) Option {
 			return fmt.Errorf("stow: buffer size must be at least 512, got %d", n)
 		}
 		c.bufferSize = n
-		return nil
-	}
-}
-
-// withHeader adds a header to every request, for example a static
-// Authorization header; token refresh belongs in the http.Client's
-// transport.
-func withHeader(key, value string) Option {
-	return func(c *Client) error {
-		if strings.ContainsAny(key+value, "\r\n") {
-			return fmt.Errorf("stow: header %q contains CR or LF", key)
-		}
-		c.header.Add(key, value)
 		return nil
 	}
 }
@@ -238,8 +212,6 @@ func New(baseURL string, httpClient *http.Client, opts ...Option) (*Client, erro
 		target:           target,
 		logURL:           logSafe(target),
 		hc:               httpClient,
-		userAgent:        defaultUserAgent,
-		header:           make(http.Header),
 		maxResponseBytes: defaultMaxResponseBytes,
 		perInstance:      answerBytesPerInstance,
 		qidoPageSize:     qidoPageSize,
@@ -368,12 +340,9 @@ func (c *Client) sendOnce(ctx context.Context, method string, parts []Part) (res
 	if exact {
 		req.ContentLength = multipartLength(boundary, parts)
 	}
-	for k, vs := range c.header {
-		req.Header[k] = append([]string(nil), vs...)
-	}
 	req.Header.Set("Content-Type", requestContentType(boundary))
 	req.Header.Set("Accept", acceptMediaType)
-	req.Header.Set("User-Agent", c.userAgent)
+	req.Header.Set("User-Agent", userAgent)
 
 	resp, doErr := c.hc.Do(req)
 	if doErr != nil {

@@ -128,10 +128,7 @@ func (c *Client) DeleteInstance(ctx context.Context, study, series, sop string) 
 	if err != nil {
 		return fmt.Errorf("stow: build DELETE: %w", err)
 	}
-	for k, vs := range c.header {
-		req.Header[k] = append([]string(nil), vs...)
-	}
-	req.Header.Set("User-Agent", c.userAgent)
+	req.Header.Set("User-Agent", userAgent)
 	resp, err := c.doBodiless(req)
 	if err != nil && reused.Load() && ctx.Err() == nil && !refusedRedirect(err) && !errors.Is(err, auth.ErrClockSkew) {
 		// A kept-alive connection the server closed as the DELETE left:

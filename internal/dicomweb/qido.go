@@ -348,11 +348,8 @@ func (c *Client) qidoPage(ctx context.Context, list qidoList, offset, limit int,
 	if err != nil {
 		return nil, fmt.Errorf("qido: build request: %w", err)
 	}
-	for k, vs := range c.header {
-		req.Header[k] = append([]string(nil), vs...)
-	}
 	req.Header.Set("Accept", acceptMediaType)
-	req.Header.Set("User-Agent", c.userAgent)
+	req.Header.Set("User-Agent", userAgent)
 	resp, err := c.doBodiless(req)
 	if err != nil {
 		if refusedRedirect(err) {
@@ -383,8 +380,9 @@ func (c *Client) qidoPage(ctx context.Context, list qidoList, offset, limit int,
 	return parseQIDO(body, list.tag)
 }
 
-// parseQIDOInstances reads the SOP Instance UIDs of a QIDO-RS answer: a
-// JSON array of DICOM JSON objects (an empty body is an empty array).
+// parseQIDO reads the UIDs of attribute tag (00080018, a series
+// listing's 0020000E) of a QIDO-RS answer: a JSON array of DICOM JSON
+// objects (an empty body is an empty array).
 //
 // An answer of up to qidoDecodeNodes values (a sound page of the default
 // size) is decoded whole, which is fastest. A larger one is walked, one
@@ -393,19 +391,13 @@ func (c *Client) qidoPage(ctx context.Context, list qidoList, offset, limit int,
 // It cannot be refused for its size instead, as STOW-RS answers are: a
 // server that ignores limit lists a whole study in a probe's page of one.
 // Both ways accept and refuse the same answers.
-func parseQIDOInstances(body []byte) ([]string, error) {
-	return parseQIDO(body, tagSOPInstanceUID)
-}
-
-// parseQIDO is parseQIDOInstances for the UIDs of attribute tag (a
-// series listing's 0020000E).
 func parseQIDO(body []byte, tag string) ([]string, error) {
 	if len(body) == 0 {
 		return nil, nil
 	}
-	read := unmarshalQIDOTag
+	read := unmarshalQIDO
 	if jsonNodesOver(body, qidoDecodeNodes) {
-		read = walkQIDOTag
+		read = walkQIDO
 	}
 	out, err := read(body, tag)
 	if err != nil {
@@ -422,11 +414,7 @@ const qidoDecodeNodes = answerNodesBase + qidoPageSize*answerNodesPerInstance
 // decoded as numbers, one beyond float64 (an attribute given as 1e999)
 // refused the whole answer, and with it the verification of the study,
 // over an attribute stowline does not read, which the walk passes.
-func unmarshalQIDO(body []byte) ([]string, error) {
-	return unmarshalQIDOTag(body, tagSOPInstanceUID)
-}
-
-func unmarshalQIDOTag(body []byte, tag string) ([]string, error) {
+func unmarshalQIDO(body []byte, tag string) ([]string, error) {
 	var items []map[string]struct {
 		Value []json.RawMessage `json:"Value"`
 	}
@@ -446,12 +434,8 @@ func unmarshalQIDOTag(body []byte, tag string) ([]string, error) {
 }
 
 // walkQIDO reads a QIDO-RS answer, an array of instances (or null), and
-// the UID of each, holding one attribute at a time.
-func walkQIDO(body []byte) ([]string, error) {
-	return walkQIDOTag(body, tagSOPInstanceUID)
-}
-
-func walkQIDOTag(body []byte, tag string) ([]string, error) {
+// the UID of tag of each, holding one attribute at a time.
+func walkQIDO(body []byte, tag string) ([]string, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	out := []string{}
 	tok, err := dec.Token()

@@ -137,7 +137,7 @@ func uidRange(from, to int) []string {
 }
 
 func TestParseQIDOInstancesRejectsMalformed(t *testing.T) {
-	if _, err := parseQIDOInstances([]byte(`{"HttpError":"x"}`)); !errors.Is(err, errMalformedResponse) {
+	if _, err := parseQIDO([]byte(`{"HttpError":"x"}`), tagSOPInstanceUID); !errors.Is(err, errMalformedResponse) {
 		t.Errorf("err = %v, want errMalformedResponse", err)
 	}
 }

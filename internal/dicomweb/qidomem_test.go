@@ -33,7 +33,7 @@ var hostileQIDOAnswers = []struct {
 // and the error.
 func qidoMemory(body []byte) (total, live uint64, uids []string, err error) {
 	total, live = heapCost(body, func() any {
-		uids, err = parseQIDOInstances(body)
+		uids, err = parseQIDO(body, tagSOPInstanceUID)
 		return uids
 	})
 	return total, live, uids, err
@@ -117,14 +117,14 @@ func samplePeakHeap(peak *uint64) (stop func()) {
 	return func() { close(done); <-finished }
 }
 
-// qidoUnmarshalled is how parseQIDOInstances read an answer before it
+// qidoUnmarshalled is how parseQIDO read an answer before it
 // walked it: decoded whole (unmarshalQIDO, still its path for answers
 // of a page's size). It is the reference the walk must agree with.
 func qidoUnmarshalled(body []byte) ([]string, error) {
 	if len(body) == 0 {
 		return nil, nil
 	}
-	return unmarshalQIDO(body)
+	return unmarshalQIDO(body, tagSOPInstanceUID)
 }
 
 // qidoCases are answers, odd ones among them, on which the walk and the
@@ -177,17 +177,17 @@ func FuzzParseQIDOInstances(f *testing.F) {
 }
 
 // compareQIDO checks the walk, which small answers skip, and
-// parseQIDOInstances against decoding whole.
+// parseQIDO against decoding whole.
 func compareQIDO(t *testing.T, body []byte) {
 	t.Helper()
 	want, wantErr := qidoUnmarshalled(body)
 	if len(body) > 0 {
-		got, err := walkQIDO(body)
+		got, err := walkQIDO(body, tagSOPInstanceUID)
 		if (err != nil) != (wantErr != nil) || !reflect.DeepEqual(got, want) {
 			t.Fatalf("%q: walk = %q, %v; decoding whole: %q, %v", body, got, err, want, wantErr)
 		}
 	}
-	got, err := parseQIDOInstances(body)
+	got, err := parseQIDO(body, tagSOPInstanceUID)
 	if (err != nil) != (wantErr != nil) {
 		t.Fatalf("%q: err = %v, decoding whole: %v", body, err, wantErr)
 	}
@@ -221,7 +221,7 @@ func BenchmarkParseQIDOInstances(b *testing.B) {
 	b.ReportAllocs()
 	cpu0 := processCPU()
 	for b.Loop() {
-		uids, err := parseQIDOInstances(body)
+		uids, err := parseQIDO(body, tagSOPInstanceUID)
 		if err != nil || len(uids) != qidoPageSize {
 			b.Fatalf("%d UIDs, %v", len(uids), err)
 		}

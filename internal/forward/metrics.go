@@ -62,8 +62,8 @@ type metrics struct {
 	laneAge   *laneAgeGauge
 	retention prometheus.Gauge
 	// storeFull counts this forwarder's JetStream writes refused for want
-	// of storage, by what was written (storeFullWhat): only logged
-	// before, while NATS filled.
+	// of storage, by what was written (storeFullLedger and the others):
+	// only logged before, while NATS filled.
 	storeFull *prometheus.CounterVec
 }
 

@@ -30,8 +30,6 @@ type EmbeddedOptions struct {
 	// clustering): the cluster name, this node's route listen port, and
 	// the routes to the other nodes.
 	Cluster *EmbeddedCluster
-	// ReadyTimeout bounds the wait for the server to accept connections.
-	ReadyTimeout time.Duration
 	// SyncAlways writes every stored message to disk before it is
 	// acknowledged (nats-server's default syncs every 2 minutes).
 	SyncAlways bool
@@ -65,6 +63,13 @@ type EmbeddedServer struct {
 // same store directory.
 var ErrStoreInUse = errors.New("store directory in use")
 
+// embeddedReadyTimeout bounds the wait for the embedded server to accept
+// connections. JetStream recovers its store first: after an unclean stop
+// (a power cut), a large store (the ledger never expires) on a slow disk
+// can take minutes. Giving up sooner would restart the process into the
+// same recovery, over and over.
+const embeddedReadyTimeout = 15 * time.Minute
+
 // StartEmbedded starts the server and waits until it accepts connections,
 // or ctx ends (a stop signal during a long recovery of its store).
 func StartEmbedded(ctx context.Context, opts EmbeddedOptions, log *slog.Logger) (*EmbeddedServer, error) {
@@ -87,14 +92,6 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions, log *slog.Logger) 
 			unlock()
 		}
 	}()
-	if opts.ReadyTimeout == 0 {
-		// JetStream recovers its store before the server accepts
-		// connections: after an unclean stop (a power cut), a large store
-		// (the ledger never expires) on a slow disk can take minutes.
-		// Giving up sooner would restart the process into the same
-		// recovery, over and over.
-		opts.ReadyTimeout = 15 * time.Minute
-	}
 	sopts := &server.Options{
 		ServerName: opts.ServerName,
 		JetStream:  true,
@@ -129,12 +126,12 @@ func StartEmbedded(ctx context.Context, opts EmbeddedOptions, log *slog.Logger) 
 		ns.SetLoggerV2(&logAdapter{log: log.With("component", "nats-server")}, false, false, false)
 	}
 	go ns.Start()
-	if !waitReady(ctx, ns.ReadyForConnections, opts.ReadyTimeout, readyLogEvery, log) {
+	if !waitReady(ctx, ns.ReadyForConnections, embeddedReadyTimeout, readyLogEvery, log) {
 		ns.Shutdown()
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("embedded NATS: stopped before the server was ready: %w", err)
 		}
-		return nil, fmt.Errorf("embedded NATS: server not ready after %s", opts.ReadyTimeout)
+		return nil, fmt.Errorf("embedded NATS: server not ready after %s", embeddedReadyTimeout)
 	}
 	started = true
 	return &EmbeddedServer{ns: ns, unlock: unlock}, nil

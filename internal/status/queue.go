@@ -33,9 +33,6 @@ type Queue struct {
 	AckPending uint64
 	// Redelivered counts the ack-pending events delivered more than once.
 	Redelivered uint64
-	// Waiting is the number of pull requests forwarder workers have
-	// open: idle workers waiting for an event.
-	Waiting uint64
 	// ConsumerExists is false before any forwarder created a
 	// destination's consumer: which destinations there will be is not
 	// known yet, and Pending counts every event in the stream, since the
@@ -177,7 +174,6 @@ func ReadQueue(ctx context.Context, js jetstream.JetStream) (Queue, error) {
 		q.Pending += d.Pending
 		q.AckPending += d.AckPending
 		q.Redelivered += d.Redelivered
-		q.Waiting += d.Waiting
 		q.DeadLetters += d.DeadLetters
 		q.Destinations = append(q.Destinations, *d)
 	}
