@@ -151,7 +151,7 @@ func forwardOnce(ctx context.Context, ns *testnats.Server, cons jetstream.Consum
 		return err
 	}
 	fw, err := forward.New(forward.Options{
-		DestinationName: natsjs.DefaultDestination, Consumer: cons,
+		DestinationName: natsjs.DefaultDestination, Lanes: []forward.Lane{{Priority: events.PriorityRoutine, Consumer: cons}},
 		SourceFor:   func(string) (forward.Source, error) { return src, nil },
 		Destination: client, Concurrency: 1, MaxInstances: 100, MaxBytes: 256 << 20, RequestConcurrency: 4,
 		AckWait: time.Minute, RetryDelay: time.Second, RetryMaxDelay: time.Second, TransferSyntaxes: syntaxes,

@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/deadletter"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/forward"
@@ -59,7 +60,7 @@ func TestLetterOfALostTerminationCountedOnce(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			f, err := forward.New(forward.Options{
 				DestinationName: natsjs.DefaultDestination,
-				Consumer:        lossy,
+				Lanes:           []forward.Lane{{Priority: events.PriorityRoutine, Consumer: lossy}},
 				SourceFor:       func(string) (forward.Source, error) { return nil, errors.New("no such source") },
 				Destination:     stow,
 				Concurrency:     1,

@@ -58,7 +58,7 @@ func TestUndecodableEventDeadLetteredAndReplayedUnchanged(t *testing.T) {
 	}
 	f, err := forward.New(forward.Options{
 		DestinationName: natsjs.DefaultDestination,
-		Consumer:        cons,
+		Lanes:           []forward.Lane{{Priority: events.PriorityRoutine, Consumer: cons}},
 		SourceFor:       func(string) (forward.Source, error) { return nil, errors.New("no source: nothing decodes") },
 		Destination:     stow,
 		Concurrency:     1,

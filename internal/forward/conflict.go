@@ -190,12 +190,12 @@ func (f *Forwarder) resolve(ctx context.Context, a *Attempt, st *conflictState, 
 		st.deleted[uid] = true
 		// The round's summary below counts them.
 		f.attemptLog(a).Debug("deleted an instance the destination held with other content, to store it again",
-			"series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "setting", c.setting())
+			"series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "variable", c.setting())
 		resend = append(resend, cf.part)
 	}
 	if n := len(resend) + len(upsert); n > 0 {
 		f.attemptLog(a).Warn("replacing instances the destination held with other content",
-			"instances", n, "deleted", len(resend), "method", c.Method, "setting", c.setting())
+			"instances", n, "deleted", len(resend), "method", c.Method, "variable", c.setting())
 	}
 	return resend, upsert, nil
 }
@@ -347,7 +347,7 @@ func (f *Forwarder) notStoredAgain(st *conflictState, rejected []Instance, err e
 	}
 	if isErr {
 		for _, in := range fe.Instances {
-			if in.FailureReason != 0 && ClassifyInstance(in.FailureReason) == Reject {
+			if in.FailureReason != 0 && classifyInstance(in.FailureReason) == Reject {
 				refused[in.SOPInstanceUID] = true
 			}
 		}

@@ -25,7 +25,7 @@ import (
 // returns at most settleAfterGrace after the grace: the acks, NAKs and
 // writes that settle the attempts stop then (settleContext).
 func (f *Forwarder) Run(ctx context.Context) error {
-	if f.opts.Consumer == nil && len(f.opts.Lanes) == 0 {
+	if len(f.opts.Lanes) == 0 {
 		return errors.New("forward: no consumer")
 	}
 	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))

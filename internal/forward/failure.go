@@ -96,7 +96,7 @@ func Classify(err error) Class {
 	}
 	var he *dicomweb.HTTPError
 	if errors.As(err, &he) {
-		return ClassifyStatus(he.StatusCode)
+		return classifyStatus(he.StatusCode)
 	}
 	var te *auth.TokenError
 	if errors.As(err, &te) {
@@ -131,9 +131,9 @@ func Classify(err error) Class {
 	return Transient
 }
 
-// ClassifyStatus classifies a STOW-RS request's HTTP status (when the
+// classifyStatus classifies a STOW-RS request's HTTP status (when the
 // response carried no per-instance detail to act on).
-func ClassifyStatus(status int) Class {
+func classifyStatus(status int) Class {
 	switch {
 	case status >= 200 && status < 300:
 		return Transient // a success that did not confirm the instances
@@ -268,14 +268,14 @@ const (
 	failureResourceLimitation  = 0x0213
 )
 
-// ClassifyInstance decides from a FailedSOPSequence item's Failure Reason.
+// classifyInstance decides from a FailedSOPSequence item's Failure Reason.
 // A code not named here is judged by its class (PS3.7 C.1, PS3.4 B.2.3):
 // 0xA7xx out of resources is retried; 0xA9xx, 0xCxxx, and the general
 // failures 0x01xx and 0x02xx (an invalid instance, a missing or invalid
 // attribute, a class-instance conflict: PS3.7 C.4, C.5) refuse the
 // instance as sent, so retrying cannot help; any other, a vendor's
 // code, is retried, bounded by the delivery limit.
-func ClassifyInstance(reason int) Outcome {
+func classifyInstance(reason int) Outcome {
 	switch reason {
 	case dicomweb.FailureAzureAlreadyExists, failureDuplicateSOPInstance:
 		return Stored

@@ -87,8 +87,8 @@ func TestClassifyInstance(t *testing.T) {
 		{0xB123, Retry}, {0xA800, Retry}, {0xFE00, Retry},
 	}
 	for _, tt := range tests {
-		if got := ClassifyInstance(tt.reason); got != tt.want {
-			t.Errorf("ClassifyInstance(0x%04X) = %s, want %s", tt.reason, got, tt.want)
+		if got := classifyInstance(tt.reason); got != tt.want {
+			t.Errorf("classifyInstance(0x%04X) = %s, want %s", tt.reason, got, tt.want)
 		}
 	}
 }

@@ -122,12 +122,10 @@ type Options struct {
 	// DestinationName names the destination in logs, metrics, dead
 	// letters and the failure log.
 	DestinationName string
-	// Consumer is the destination's durable consumer, shared by all
-	// replicas that serve it; Lanes replace it with one per priority.
-	Consumer jetstream.Consumer
-	// Lanes, if set, are the destination's consumers by priority, highest
-	// first (lanes.go): a free worker pulls from the highest that holds
-	// an event, and the low lane takes at most Concurrency-1 workers.
+	// Lanes are the destination's consumers by priority, highest first
+	// (lanes.go), each shared by all replicas that serve it: a free
+	// worker pulls from the highest that holds an event, and the low lane
+	// takes at most Concurrency-1 workers.
 	Lanes []Lane
 	// StatWorkers are workers, beyond Concurrency, that pull only the
 	// stat lane, so a stat study never waits for a worker.
@@ -466,7 +464,7 @@ func New(opts Options) (*Forwarder, error) {
 			// Else a study could run out of deliveries in an outage
 			// before the breaker opens.
 			failures = int(p.maxDeliveries)
-			log.Info("the circuit breaker opens after FORWARDER_MAX_DELIVERIES failures, fewer than its setting", "failures", failures, "setting", b.Failures)
+			log.Info("the circuit breaker opens after FORWARDER_MAX_DELIVERIES failures, fewer than its setting", "failures", failures, "configured", b.Failures)
 		}
 		fw.breaker = newBreaker(breakerConfig{failures: failures, interval: b.ProbeInterval, maxInterval: max(b.MaxProbeInterval, b.ProbeInterval)},
 			pseudonymProber(b.Prober, opts.Destination), fw.breakerChanged)

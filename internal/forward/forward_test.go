@@ -154,7 +154,7 @@ func newForwarder(t *testing.T, src *memSource, dest string, cons jetstream.Cons
 	}
 	o := Options{
 		DestinationName: "default",
-		Consumer:        cons,
+		Lanes:           []Lane{{Priority: events.PriorityRoutine, Consumer: cons}},
 		SourceFor:       func(string) (Source, error) { return src, nil },
 		Destination:     client,
 		Concurrency:     2,

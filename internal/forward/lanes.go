@@ -86,9 +86,6 @@ const laneGoneFor = 30 * time.Second
 
 func newLanePlan(opts *Options) *lanePlan {
 	p := &lanePlan{lanes: opts.Lanes, windows: opts.Windows, paused: opts.Paused, now: opts.Now}
-	if len(p.lanes) == 0 {
-		p.lanes = []Lane{{Priority: events.PriorityRoutine, Consumer: opts.Consumer}}
-	}
 	if p.now == nil {
 		p.now = time.Now
 	}
@@ -104,7 +101,7 @@ func newLanePlan(opts *Options) *lanePlan {
 		p.late[l.Priority] = &repeatlog.Failures{Every: time.Hour}
 		p.pullFails[l.Priority] = &repeatlog.Failures{Every: time.Minute}
 		p.probeFails[l.Priority] = &repeatlog.Failures{Every: time.Minute}
-		if len(opts.Lanes) == 0 || l.Consumer == nil {
+		if l.Consumer == nil {
 			continue
 		}
 		if info := l.Consumer.CachedInfo(); info != nil {

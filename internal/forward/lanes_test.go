@@ -137,7 +137,7 @@ func TestLanePlanClosed(t *testing.T) {
 // again.
 func TestLanePlanTake(t *testing.T) {
 	for _, tt := range []struct{ concurrency, maxLow int }{{1, 1}, {2, 1}, {4, 3}} {
-		p := newLanePlan(&Options{Concurrency: tt.concurrency, Consumer: nil})
+		p := newLanePlan(&Options{Concurrency: tt.concurrency, Lanes: []Lane{{Priority: events.PriorityLow}}})
 		var releases []func()
 		for range tt.maxLow {
 			release, ok := p.take(events.PriorityLow)
@@ -158,17 +158,6 @@ func TestLanePlanTake(t *testing.T) {
 		if _, ok := p.take(events.PriorityLow); !ok {
 			t.Errorf("concurrency %d: low refused after a release", tt.concurrency)
 		}
-	}
-}
-
-// Without lanes (Options.Consumer only) the plan has the one routine lane.
-func TestLanePlanDefault(t *testing.T) {
-	p := newLanePlan(&Options{Concurrency: 2})
-	if got := lanesOf(p.open(false)); !slices.Equal(got, []events.Priority{events.PriorityRoutine}) {
-		t.Errorf("lanes = %v, want routine only", got)
-	}
-	if p.has(events.PriorityStat) {
-		t.Error("a plan without lanes has a stat lane: stat workers would start")
 	}
 }
 

@@ -112,7 +112,7 @@ func (f *Forwarder) settlePending(ctx context.Context, a *Attempt, p *pendingCop
 			p.cleared[uid] = true
 			step.deleted++
 			log.Debug("deleted a pending copy the destination kept answering 45071 for, to store it again",
-				"series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "setting", setting)
+				"series_instance_uid", inst.SeriesInstanceUID, "sop_instance_uid", uid, "variable", setting)
 			continue
 		}
 		step.dead = append(step.dead, Instance{SOPInstanceUID: uid, FailureReason: dicomweb.FailureAzureBeingCreated,
@@ -120,7 +120,7 @@ func (f *Forwarder) settlePending(ctx context.Context, a *Attempt, p *pendingCop
 	}
 	if step.deleted > 0 {
 		log.Warn("deleted pending copies the destination kept answering 45071 for (a store that failed before, not cleaned up), to store them again",
-			"instances", step.deleted, "setting", setting+"="+ConflictReplace)
+			"instances", step.deleted, "variable", setting, "value", ConflictReplace)
 	}
 	if len(step.dead) > 0 {
 		log.Warn("destination keeps answering 45071 for instances: it holds pending copies from a store that failed before; dead-lettered, DELETE them at the destination, then replay",

@@ -202,7 +202,7 @@ func orthancForwarder(t *testing.T, src Source, dest *testharness.Orthanc, opts 
 	dls := &memDeadLetters{}
 	o := Options{
 		DestinationName: "default",
-		Consumer:        cons,
+		Lanes:           []Lane{{Priority: events.PriorityRoutine, Consumer: cons}},
 		SourceFor:       func(string) (Source, error) { return src, nil },
 		Destination:     stow,
 		Concurrency:     1,

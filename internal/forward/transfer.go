@@ -481,7 +481,7 @@ rounds:
 			}
 			for _, c := range failed {
 				notDone[c.part.SOPInstanceUID] = true
-				if ClassifyInstance(c.reason) == Reject {
+				if classifyInstance(c.reason) == Reject {
 					rejected = append(rejected, Instance{SOPInstanceUID: c.part.SOPInstanceUID, FailureReason: c.reason, Text: Describe(c.reason)})
 					continue
 				}
@@ -528,7 +528,7 @@ rounds:
 		}
 		if len(skipped) > 0 {
 			log.Warn("destination already holds instances with other content: counted as stored, not replaced",
-				"instances", len(skipped), "first_sop_instance_uid", skipped[0], "setting", f.opts.Conflicts.setting()+"="+ConflictSkip)
+				"instances", len(skipped), "first_sop_instance_uid", skipped[0], "variable", f.opts.Conflicts.setting(), "value", ConflictSkip)
 		}
 		if deleteErr != nil {
 			// What this round did not get stored of the instances
@@ -1224,7 +1224,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	// unnamed 0xC122, which a conversion may answer when it is named.
 	unlistedRefused := len(unnamed) > 0 && res.StatusCode >= 200 && res.StatusCode < 300
 	for _, fi := range unnamed {
-		if ClassifyInstance(fi.FailureReason) != Reject || fi.FailureReason == dicomweb.FailureTransferSyntaxNotSupported {
+		if classifyInstance(fi.FailureReason) != Reject || fi.FailureReason == dicomweb.FailureTransferSyntaxNotSupported {
 			unlistedRefused = false
 		}
 	}
@@ -1242,7 +1242,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 	// sent again, not refused for good by the status.
 	unlistedLater := len(unnamed) > 0 && res.StatusCode == http.StatusConflict
 	for _, fi := range unnamed {
-		if fi.FailureReason == 0 || ClassifyInstance(fi.FailureReason) != Retry {
+		if fi.FailureReason == 0 || classifyInstance(fi.FailureReason) != Retry {
 			unlistedLater = false
 		}
 	}
@@ -1264,7 +1264,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 		if !listed {
 			// Neither stored nor failed: after a success status, send it
 			// again; after an error status, the status decides.
-			if (ClassifyStatus(res.StatusCode) == Transient || unlistedLater) && !unlistedRefused {
+			if (classifyStatus(res.StatusCode) == Transient || unlistedLater) && !unlistedRefused {
 				out.retry = append(out.retry, p)
 			} else {
 				out.rejected = append(out.rejected, Instance{SOPInstanceUID: p.SOPInstanceUID,
@@ -1323,7 +1323,7 @@ func (f *Forwarder) sortAnswer(plan *syntaxPlan, batch []dicomweb.Part, res *dic
 			}
 			continue
 		}
-		switch ClassifyInstance(reason) {
+		switch classifyInstance(reason) {
 		case Stored:
 			confirmed++
 			rep.AlreadyStored++

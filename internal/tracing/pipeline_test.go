@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stowline/stowline/auth"
+	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/dicomweb"
 	"github.com/stowline/stowline/internal/forward"
@@ -123,7 +124,7 @@ func TestTraceOfOneForwardedStudy(t *testing.T) {
 	}
 	src := newMemOrthanc(t, instances)
 	fw, err := forward.New(forward.Options{
-		DestinationName: natsjs.DefaultDestination, Consumer: cons,
+		DestinationName: natsjs.DefaultDestination, Lanes: []forward.Lane{{Priority: events.PriorityRoutine, Consumer: cons}},
 		SourceFor:   func(string) (forward.Source, error) { return src, nil },
 		Destination: stow, Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, RequestConcurrency: 2, MinRequestConcurrency: 2,
 		AckWait: 10 * time.Second, RetryDelay: time.Second, RetryMaxDelay: 2 * time.Second,
