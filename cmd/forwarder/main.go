@@ -20,16 +20,12 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"slices"
-	"strings"
 	"syscall"
 
 	"github.com/stowline/stowline/internal/app"
-	"github.com/stowline/stowline/internal/config"
 )
 
 func main() {
@@ -44,43 +40,8 @@ func main() {
 	os.Exit(app.ExitCode("forwarder", err, os.Stderr))
 }
 
+// run is main with its environment and streams given (the standard
+// input is the process's: only `forwarder pseudonym --find` reads it).
 func run(ctx context.Context, args []string, getenv func(string) string, environ []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "replay" {
-		return app.RunReplay(ctx, args[1:], getenv, stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "audit" {
-		return app.RunAudit(ctx, args[1:], getenv, stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "check" {
-		return app.RunCheck(ctx, args[1:], getenv, environ, stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "backfill" {
-		return app.RunBackfill(ctx, args[1:], getenv, stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "pseudonym" {
-		return app.RunPseudonym(ctx, args[1:], getenv, os.Stdin, stdout, stderr)
-	}
-	if len(args) > 0 && args[0] == "destinations" {
-		return app.RunDestinations(ctx, args[1:], getenv, stdout, stderr)
-	}
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		return fmt.Errorf("forwarder: unknown command %q (%w): the commands are check, audit, backfill, destinations, replay and pseudonym, and without one it runs the workers; forwarder -h lists them", args[0], app.ErrUsage)
-	}
-	err := app.Main[config.ForwarderService](ctx, "forwarder", args, getenv, environ, stdout, stderr, app.RunForwarder)
-	if err == nil && len(args) > 0 && slices.Contains([]string{"-h", "-help", "--help", "--h"}, args[0]) {
-		fmt.Fprint(stderr, commandsUsage)
-	}
-	return err
+	return app.ForwarderMain(ctx, args, getenv, environ, os.Stdin, stdout, stderr)
 }
-
-// commandsUsage ends `forwarder -h`: the variables' table alone named
-// none of the commands the README and the docs send operators to.
-const commandsUsage = `
-Commands (forwarder COMMAND -h for each, -version for the build); without one, forwarder runs the workers:
-  check          verify each source Orthanc and each destination's credential and reachability with this configuration
-  audit          list the stable studies in Orthanc a destination lacks (--enqueue queues them)
-  backfill       queue older studies for one destination
-  destinations   list the destinations' consumers, or remove one no longer served
-  replay         list, show, replay or purge dead letters; re-forward studies
-  pseudonym      the pseudonym a de-identified destination received for a value, or its key's fingerprint
-`

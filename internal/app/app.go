@@ -60,8 +60,8 @@ func ingestHTTPGrace(publishTimeout time.Duration) time.Duration {
 // needs at startup.
 const provisionTimeout = 30 * time.Second
 
-// NewLogger returns the process logger: JSON lines (stable keys) or text.
-func NewLogger(w io.Writer, c config.Log) *slog.Logger {
+// newLogger returns the process logger: JSON lines (stable keys) or text.
+func newLogger(w io.Writer, c config.Log) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(c.Level)) // validated by config
 	opts := &slog.HandlerOptions{Level: level}
@@ -75,7 +75,7 @@ func NewLogger(w io.Writer, c config.Log) *slog.Logger {
 // build collectors; one per listener, no global state.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), ReadBuild().collector())
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), readBuild().collector())
 	return reg
 }
 

@@ -132,8 +132,8 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 		return runVerifyAudit(ctx, verifyAuditArgs{cfg: cfg, getenv: getenv, destination: *only, since: window, enqueue: *enqueue, lane: lane.lane, asJSON: *asJSON}, stdout, stderr)
 	}
 	// Logs go to stderr: stdout carries the findings.
-	log := NewLogger(stderr, cfg.Log)
-	sources, err := NewSources(&cfg.Orthanc)
+	log := newLogger(stderr, cfg.Log)
+	sources, err := newSources(&cfg.Orthanc)
 	if err != nil {
 		return err
 	}
@@ -257,7 +257,7 @@ func runAudit(ctx context.Context, args []string, getenv func(string) string, st
 // destination's ledger records as forwarded within window (0: all)
 // whose record keeps instances (ledger.ListKept).
 func runKeptAudit(ctx context.Context, cfg config.Audit, only string, window time.Duration, asJSON bool, stdout, stderr io.Writer) error {
-	log := NewLogger(stderr, cfg.Log)
+	log := newLogger(stderr, cfg.Log)
 	js, err := connectTool(ctx, cfg.NATS, log)
 	if err != nil {
 		return err

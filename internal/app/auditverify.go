@@ -48,10 +48,10 @@ func runVerifyAudit(ctx context.Context, a verifyAuditArgs, stdout, stderr io.Wr
 	if dest == nil || dest.DICOMwebURL == "" {
 		return destinationNotFound(program, &dc.Forwarder, a.destination)
 	}
-	log := NewLogger(stderr, a.cfg.Log)
+	log := newLogger(stderr, a.cfg.Log)
 	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return
 	defer cancel()
-	sources, err := NewSources(&a.cfg.Orthanc)
+	sources, err := newSources(&a.cfg.Orthanc)
 	if err != nil {
 		return err
 	}

@@ -76,7 +76,7 @@ func RunBackfill(ctx context.Context, args []string, getenv func(string) string,
 	if *from != "stream" && *from != "source" {
 		return &usageError{fmt.Errorf("%s: --from %q: want stream or source", program, *from)}
 	}
-	log := NewLogger(stderr, cfg.Log)
+	log := newLogger(stderr, cfg.Log)
 	conn, err := connectTool(ctx, cfg.NATS, log)
 	if err != nil {
 		return err
@@ -169,7 +169,7 @@ const sourcePage = 500
 // is given to emit, in its place, with why (its fields as Orthanc lists
 // them), not queued, and the error names it.
 func backfillFromSources(ctx context.Context, conn *natsjs.Conn, oc *config.Orthanc, destination string, lane events.Priority, start, end time.Time, dryRun bool, emit func(ev *events.StudyStable, duplicate bool, invalid error)) (dups int, err error) {
-	sources, err := NewSources(oc)
+	sources, err := newSources(oc)
 	if err != nil {
 		return 0, err
 	}

@@ -177,7 +177,7 @@ func bufferSelect(t *testing.T, o *fakeOrthanc, all []config.NamedDestination, e
 	t.Helper()
 	srv := httptest.NewServer(o)
 	t.Cleanup(srv.Close)
-	sources, err := NewSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
+	sources, err := newSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,7 +518,7 @@ func TestReleaseRecordsTheUnselectingDestinations(t *testing.T) {
 	o := &fakeOrthanc{}
 	srv := httptest.NewServer(o)
 	t.Cleanup(srv.Close)
-	sources, err := NewSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
+	sources, err := newSources(&config.Orthanc{URL: srv.URL, SourceName: "main"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -77,16 +77,16 @@ func RunCheck(ctx context.Context, args []string, getenv func(string) string, en
 	if err := refuseTracingEnv(program, getenv); err != nil {
 		return err
 	}
-	log := NewLogger(stderr, cfg.Log)
+	log := newLogger(stderr, cfg.Log)
 	// The build heads the report: a check pasted into a ticket says which
 	// forwarder ran it.
-	fmt.Fprintf(stdout, "%-12s %s\n\n", "forwarder", ReadBuild())
+	fmt.Fprintf(stdout, "%-12s %s\n\n", "forwarder", readBuild())
 	ctx, cancel := context.WithCancel(ctx) // stops background token refreshes on return
 	defer cancel()
 	var errs []error
 	checked := 0 // verdicts printed, for the blank line between them
 	if *onlySource != "" || *only == "" {
-		sources, err := NewSources(&cfg.Orthanc)
+		sources, err := newSources(&cfg.Orthanc)
 		if err != nil {
 			return &usageError{fmt.Errorf("%s: invalid configuration: %w", program, err)}
 		}

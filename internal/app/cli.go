@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"slices"
 	"strings"
 
 	"github.com/stowline/stowline/internal/config"
@@ -23,10 +22,6 @@ type usageError struct{ err error }
 func (e *usageError) Error() string        { return e.err.Error() }
 func (e *usageError) Unwrap() error        { return e.err }
 func (e *usageError) Is(target error) bool { return target == ErrUsage }
-
-// forwarderCommands are cmd/forwarder's commands: the other programs,
-// given one, say where it is.
-var forwarderCommands = []string{"check", "audit", "backfill", "destinations", "replay", "pseudonym"}
 
 // Main parses flags and configuration into cfg and calls start. Bad
 // configuration fails here, before anything starts, naming the variable.
@@ -57,7 +52,7 @@ func Main[T any, P interface {
 		return nil
 	}
 	if fs.NArg() > 0 {
-		if program != "forwarder" && slices.Contains(forwarderCommands, fs.Arg(0)) {
+		if program != "forwarder" && isForwarderCommand(fs.Arg(0)) {
 			// A single host installs stowline alone, and operations.md
 			// once wrote "stowline replay": the answer names the binary.
 			return &usageError{fmt.Errorf("%s has no commands: `forwarder %s` is the operator's command (build it with `go build -o forwarder ./cmd/forwarder`; on a single host run it as the service's user, docs/operations.md)", program, fs.Arg(0))}
@@ -67,8 +62,8 @@ func Main[T any, P interface {
 	if err := config.Load(getenv, P(&cfg)); err != nil {
 		return &usageError{fmt.Errorf("%s: invalid configuration:\n%w\n(run %s -h for the list of variables)", program, err, program)}
 	}
-	log := NewLogger(stdout, P(&cfg).LogConfig())
-	log.Info("starting "+program, ReadBuild().logAttrs()...)
+	log := newLogger(stdout, P(&cfg).LogConfig())
+	log.Info("starting "+program, readBuild().logAttrs()...)
 	warn, err := unreadVariables(program, environ, P(&cfg))
 	for _, name := range warn {
 		log.Warn("variable set but not read: misspelt, or for a destination DESTINATIONS does not name (run "+program+" -h for the list)", "variable", name)
@@ -118,7 +113,7 @@ func unreadVariables(program string, environ []string, cfg any) (warn []string, 
 
 // printVersion is -version's answer, for the services and the commands.
 func printVersion(stdout io.Writer, program string) {
-	fmt.Fprintf(stdout, "%s %s\n", program, ReadBuild())
+	fmt.Fprintf(stdout, "%s %s\n", program, readBuild())
 }
 
 // versionAsked reports whether a command that reads its own arguments

@@ -71,24 +71,17 @@ func RunDestinations(ctx context.Context, args []string, getenv func(string) str
 	if err := config.Load(getenv, &cfg); err != nil {
 		return &usageError{fmt.Errorf("forwarder destinations: invalid configuration:\n%w", err)}
 	}
-	conn, err := connectTool(ctx, cfg.NATS, NewLogger(stderr, cfg.Log))
+	conn, err := connectTool(ctx, cfg.NATS, newLogger(stderr, cfg.Log))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	if remove == "" {
-		return listDestinations(ctx, conn.JS, stdout)
-	}
-	return removeDestination(ctx, conn.JS, remove, stdout)
+	return destinations(ctx, conn.JS, remove, stdout)
 }
 
-// runDestinations executes one command line (without the leading
-// "destinations") against js.
-func runDestinations(ctx context.Context, js jetstream.JetStream, args []string, stdout io.Writer) error {
-	remove, err := parseDestinations(args)
-	if err != nil {
-		return err
-	}
+// destinations runs a parsed command line against js: the list, or the
+// removal of the destination remove names.
+func destinations(ctx context.Context, js jetstream.JetStream, remove string, stdout io.Writer) error {
 	if remove == "" {
 		return listDestinations(ctx, js, stdout)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -269,4 +270,14 @@ func TestDestinationsListConsumerLeftOutOfTheListing(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runDestinations runs one command line (without the leading
+// "destinations") against js, as RunDestinations does once connected.
+func runDestinations(ctx context.Context, js jetstream.JetStream, args []string, stdout io.Writer) error {
+	remove, err := parseDestinations(args)
+	if err != nil {
+		return err
+	}
+	return destinations(ctx, js, remove, stdout)
 }

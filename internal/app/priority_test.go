@@ -73,7 +73,7 @@ func TestPrioritizer(t *testing.T) {
 		json.NewEncoder(w).Encode(map[string]any{"MainDicomTags": map[string]string{"ModalitiesInStudy": m}})
 	}))
 	t.Cleanup(orthanc.Close)
-	sources, err := NewSources(&config.Orthanc{URL: orthanc.URL, SourceName: "main"})
+	sources, err := newSources(&config.Orthanc{URL: orthanc.URL, SourceName: "main"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -487,7 +487,7 @@ func slowSourcePrioritizer(t *testing.T) (p *prioritizer, ns *testnats.Server, s
 	var once sync.Once
 	src.answer = func() { once.Do(func() { close(release) }) }
 	t.Cleanup(src.answer) // before slow.Close, which waits for the handlers
-	sources, err := NewSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
+	sources, err := newSources(&config.Orthanc{URL: slow.URL, SourceName: "main"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -524,7 +524,7 @@ func TestIngestShutdownGraceCoversPublishTimeout(t *testing.T) {
 // in a leader election), and nothing else would take it to a lane. Orthanc
 // is still told of the failure.
 func TestUnansweredTriageCopyStillTriaged(t *testing.T) {
-	sources, err := NewSources(&config.Orthanc{URL: "http://" + testharness.FreeAddr(t), SourceName: "main"}) // nothing listens there
+	sources, err := newSources(&config.Orthanc{URL: "http://" + testharness.FreeAddr(t), SourceName: "main"}) // nothing listens there
 	if err != nil {
 		t.Fatal(err)
 	}

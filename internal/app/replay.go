@@ -31,7 +31,7 @@ func RunReplay(ctx context.Context, args []string, getenv func(string) string, s
 		return &usageError{fmt.Errorf("forwarder replay: invalid configuration:\n%w", err)}
 	}
 	// Logs go to stderr: stdout carries the command's output (tables, JSON).
-	log := NewLogger(stderr, cfg.Log)
+	log := newLogger(stderr, cfg.Log)
 	js, err := connectTool(ctx, cfg.NATS, log)
 	if err != nil {
 		return err

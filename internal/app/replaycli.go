@@ -67,15 +67,6 @@ type replayCLI struct {
 	Log    *slog.Logger // to stderr; nil logs nothing
 }
 
-// Run executes one command line (without the leading "replay").
-func (c *replayCLI) Run(ctx context.Context, args []string) error {
-	cmd, err := parseReplay(args)
-	if err != nil {
-		return err
-	}
-	return cmd(ctx, c)
-}
-
 // replayCommand is a parsed command line, run once connected.
 type replayCommand func(ctx context.Context, c *replayCLI) error
 

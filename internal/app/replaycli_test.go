@@ -603,3 +603,13 @@ func TestReplayPurgeWritesAsItGoes(t *testing.T) {
 		}
 	}
 }
+
+// Run executes one command line (without the leading "replay"), as
+// RunReplay does once connected.
+func (c *replayCLI) Run(ctx context.Context, args []string) error {
+	cmd, err := parseReplay(args)
+	if err != nil {
+		return err
+	}
+	return cmd(ctx, c)
+}

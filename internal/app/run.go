@@ -30,7 +30,7 @@ func runIngest(ctx context.Context, c *config.IngestService, streamCheckEvery ti
 	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile, sourceMetrics: true}
 	if config.ReadsOrthanc(&c.Ingest, &c.Reconcile) {
 		var err error
-		if in.sources, err = NewSources(&c.Orthanc); err != nil {
+		if in.sources, err = newSources(&c.Orthanc); err != nil {
 			return err
 		}
 		in.sources.warnProxied(log, environmentProxy)
@@ -57,7 +57,7 @@ func RunForwarder(ctx context.Context, c *config.ForwarderService, log *slog.Log
 // runForwarder is RunForwarder checking every streamCheckEvery that the
 // event stream exists (watchEventStream).
 func runForwarder(ctx context.Context, c *config.ForwarderService, streamCheckEvery time.Duration, log *slog.Logger) error {
-	sources, err := NewSources(&c.Orthanc)
+	sources, err := newSources(&c.Orthanc)
 	if err != nil {
 		return err
 	}
@@ -80,7 +80,7 @@ func runForwarder(ctx context.Context, c *config.ForwarderService, streamCheckEv
 // JetStream server unless NATS_URL is set. They share the JetStream
 // connection and the Orthanc clients.
 func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) error {
-	sources, err := NewSources(&c.Orthanc)
+	sources, err := newSources(&c.Orthanc)
 	if err != nil {
 		return err
 	}

@@ -41,7 +41,7 @@ func TestShutdownGraceReachesTheForwarder(t *testing.T) {
 			if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
 				t.Fatal(err)
 			}
-			sources, err := NewSources(&c.Orthanc)
+			sources, err := newSources(&c.Orthanc)
 			if err != nil {
 				t.Fatal(err)
 			}

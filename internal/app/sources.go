@@ -38,8 +38,8 @@ type Sources struct {
 	aliases map[string]string
 }
 
-// NewSources builds an Orthanc client per configured source.
-func NewSources(c *config.Orthanc) (*Sources, error) {
+// newSources builds an Orthanc client per configured source.
+func newSources(c *config.Orthanc) (*Sources, error) {
 	s := &Sources{byName: map[string]*orthancapi.Client{}}
 	tlsCfg, err := config.NewTLSConfig(config.TLSFiles{CAFile: c.CAFile}, nil)
 	if err != nil {
@@ -97,7 +97,7 @@ func (s *Sources) warnProxied(log *slog.Logger, proxyFor func(*url.URL) (*url.UR
 	for _, src := range s.list {
 		u, err := url.Parse(src.url)
 		if err != nil {
-			continue // NewSources refused it already
+			continue // newSources refused it already
 		}
 		proxy, err := proxyFor(u)
 		if err != nil || proxy == nil {

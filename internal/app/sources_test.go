@@ -150,7 +150,7 @@ func sourcesFromEnv(t *testing.T, env map[string]string) *Sources {
 	if err := config.Load(func(k string) string { return env[k] }, &c); err != nil {
 		t.Fatal(err)
 	}
-	s, err := NewSources(&c)
+	s, err := newSources(&c)
 	if err != nil {
 		t.Fatal(err)
 	}

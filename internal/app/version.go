@@ -24,8 +24,8 @@ type Build struct {
 	Go       string
 }
 
-// ReadBuild reads the running binary's Build.
-func ReadBuild() Build {
+// readBuild reads the running binary's Build.
+func readBuild() Build {
 	b := Build{Version: version, Revision: revision, Time: commitTime}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {

@@ -65,9 +65,9 @@ type OrthancSource struct {
 	Var string
 }
 
-// SourceVarPrefix is the prefix of the variables of a source named in
+// sourceVarPrefix is the prefix of the variables of a source named in
 // ORTHANC_SOURCES: "cardio-2" is configured by ORTHANC_CARDIO_2_URL etc.
-func SourceVarPrefix(name string) string {
+func sourceVarPrefix(name string) string {
 	return "ORTHANC_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")) + "_"
 }
 
@@ -113,7 +113,7 @@ func (o *Orthanc) readDynamic(getenv func(string) string) error {
 			errs = append(errs, fmt.Errorf("ORTHANC_SOURCES: %q is not a source name (1-64 characters of A-Z a-z 0-9 _ -)", name))
 			continue
 		}
-		p := SourceVarPrefix(name)
+		p := sourceVarPrefix(name)
 		if other, dup := prefixes[p]; dup {
 			errs = append(errs, fmt.Errorf("ORTHANC_SOURCES: %q and %q would both be configured by %s* variables: rename one", other, name, p))
 			continue

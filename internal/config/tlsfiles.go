@@ -17,8 +17,8 @@ import (
 	"github.com/stowline/stowline/internal/keypair"
 )
 
-// ErrInvalidTLS reports unusable TLS files or settings.
-var ErrInvalidTLS = errors.New("invalid TLS configuration")
+// errInvalidTLS reports unusable TLS files or settings.
+var errInvalidTLS = errors.New("invalid TLS configuration")
 
 // TLSFiles names the PEM files of a TLS client configuration.
 type TLSFiles struct {
@@ -55,10 +55,10 @@ func NewTLSConfig(f TLSFiles, log *slog.Logger) (*tls.Config, error) {
 		}
 		pem, err := os.ReadFile(f.CAFile)
 		if err != nil {
-			return nil, fmt.Errorf("%w: CA file: %w", ErrInvalidTLS, err)
+			return nil, fmt.Errorf("%w: CA file: %w", errInvalidTLS, err)
 		}
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%w: CA file %s holds no PEM certificate", ErrInvalidTLS, f.CAFile)
+			return nil, fmt.Errorf("%w: CA file %s holds no PEM certificate", errInvalidTLS, f.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
@@ -66,11 +66,11 @@ func NewTLSConfig(f TLSFiles, log *slog.Logger) (*tls.Config, error) {
 	case f.CertFile != "" && f.KeyFile != "":
 		kp, err := keypair.New(f.CertFile, f.KeyFile, recheck, log)
 		if err != nil {
-			return nil, fmt.Errorf("%w: client certificate: %w", ErrInvalidTLS, err)
+			return nil, fmt.Errorf("%w: client certificate: %w", errInvalidTLS, err)
 		}
 		cfg.GetClientCertificate = kp.GetClientCertificate
 	case f.CertFile != "" || f.KeyFile != "":
-		return nil, fmt.Errorf("%w: a client certificate needs both the certificate and the key file", ErrInvalidTLS)
+		return nil, fmt.Errorf("%w: a client certificate needs both the certificate and the key file", errInvalidTLS)
 	}
 	return cfg, nil
 }

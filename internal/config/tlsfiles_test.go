@@ -85,7 +85,7 @@ func TestNewErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if _, err := NewTLSConfig(tt.files, nil); !errors.Is(err, ErrInvalidTLS) || !strings.Contains(err.Error(), tt.want) {
+			if _, err := NewTLSConfig(tt.files, nil); !errors.Is(err, errInvalidTLS) || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want %q", err, tt.want)
 			}
 		})

@@ -14,11 +14,11 @@ import (
 // wait, and a larger count could overflow a time.Duration.
 const maxSeconds = 24 * 60 * 60
 
-// Parse reads a Retry-After value, delay-seconds or an HTTP-date (RFC 9110
+// parse reads a Retry-After value, delay-seconds or an HTTP-date (RFC 9110
 // §10.2.3), as the wait from now. It is 0 when the value is empty,
 // unreadable, not positive or a date already past; delay-seconds count for
 // at most a day.
-func Parse(v string, now time.Time) time.Duration {
+func parse(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0
@@ -47,5 +47,5 @@ func FromHeader(h http.Header, now time.Time) time.Duration {
 	if date, err := http.ParseTime(h.Get("Date")); err == nil {
 		now = date
 	}
-	return Parse(h.Get("Retry-After"), now)
+	return parse(h.Get("Retry-After"), now)
 }

@@ -25,8 +25,8 @@ func TestParse(t *testing.T) {
 		{"soon", 0},
 	}
 	for _, tt := range tests {
-		if got := Parse(tt.in, now); got != tt.want {
-			t.Errorf("Parse(%q) = %v, want %v", tt.in, got, tt.want)
+		if got := parse(tt.in, now); got != tt.want {
+			t.Errorf("parse(%q) = %v, want %v", tt.in, got, tt.want)
 		}
 	}
 }

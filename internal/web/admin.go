@@ -226,7 +226,7 @@ func (a *AdminAPI) show(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, "show dead letter", err)
 		return
 	}
-	WriteJSON(w, http.StatusOK, e)
+	writeJSON(w, http.StatusOK, e)
 }
 
 type mutateRequest struct {
@@ -504,7 +504,7 @@ func (a *AdminAPI) failPartway(w http.ResponseWriter, what string, err error, an
 // that ran; a re-forward sent again queues every study a second time.
 func answerLate(w http.ResponseWriter, status int, v any) {
 	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
-	WriteJSON(w, status, v)
+	writeJSON(w, status, v)
 }
 
 // failureStatus is the status of a dead-letter operation that failed: 409

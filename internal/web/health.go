@@ -43,7 +43,7 @@ const ReadyTimeout = 5 * time.Second
 // every replica out.
 func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]Check) {
 	healthz := func(w http.ResponseWriter, _ *http.Request) {
-		WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	}
 	r.Get("/healthz", healthz)
 	r.Head("/healthz", healthz)
@@ -60,7 +60,7 @@ func MountHealth(r chi.Router, gatherer prometheus.Gatherer, checks map[string]C
 			delete(body, "checks")
 			status = http.StatusServiceUnavailable
 		}
-		WriteJSON(w, status, body)
+		writeJSON(w, status, body)
 	}
 	r.Get("/readyz", readyz)
 	r.Head("/readyz", readyz)
@@ -155,8 +155,8 @@ func sortedNames(checks map[string]Check) []string {
 	return names
 }
 
-// WriteJSON writes v as the JSON body of a response with the given status.
-func WriteJSON(w http.ResponseWriter, status int, v any) {
+// writeJSON writes v as the JSON body of a response with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
@@ -165,7 +165,7 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 
 // WriteError writes {"error": msg} with the given status.
 func WriteError(w http.ResponseWriter, status int, msg string) {
-	WriteJSON(w, status, map[string]string{"error": msg})
+	writeJSON(w, status, map[string]string{"error": msg})
 }
 
 // writeTimeout bounds the writing of an answer (NewServer's

@@ -289,7 +289,7 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 	log.Info("event accepted", "source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
 		"stream_seq", ack.Sequence, "duplicate", ack.Duplicate)
-	WriteJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
+	writeJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
 }
 
 // lastUpdateAhead counts and logs an event whose lastUpdate is more than
