@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -367,18 +368,28 @@ type CheckCommand struct {
 	Log
 	Forwarder
 	Orthanc
+	// singleHostIngestReads: NATS_URL is empty, so the configuration is a
+	// single host's, whose ingest reads Orthanc (its reconciler, on by
+	// default, or PRIORITY_RULE) and takes a slot of the cap too.
+	singleHostIngestReads bool
 }
 
 // readDynamic reads the variables named by ORTHANC_SOURCES and
-// DESTINATIONS.
+// DESTINATIONS, and what says the ingest of a single host reads Orthanc.
 func (c *CheckCommand) readDynamic(getenv func(string) string) error {
+	if strings.TrimSpace(getenv("NATS_URL")) == "" {
+		// As the single host reads them (config.ReadsOrthanc); a value
+		// RECONCILE_ENABLED cannot be is the single host's to refuse.
+		reconcile, err := strconv.ParseBool(getenv("RECONCILE_ENABLED"))
+		c.singleHostIngestReads = reconcile || err != nil || getenv("PRIORITY_RULE") != ""
+	}
 	return errors.Join(c.Orthanc.readDynamic(getenv), c.Forwarder.readDynamic(getenv))
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *CheckCommand) Validate() error {
 	return errors.Join(c.Log.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(), c.Forwarder.rulesNameSources(&c.Orthanc),
-		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), false))
+		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), c.singleHostIngestReads))
 }
 
 // LogConfig returns the logging part.

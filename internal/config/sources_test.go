@@ -387,10 +387,36 @@ func mergedEnv(a, b map[string]string) map[string]string {
 // forwarder check, run before an upgrade, refuses the cap the forwarder
 // would refuse.
 func TestCheckRefusesTheForwardersCap(t *testing.T) {
-	e := map[string]string{"DESTINATIONS": "archive,ai", "DESTINATION_ARCHIVE_URL": "https://a.example.org/dicomweb",
-		"DESTINATION_AI_URL": "https://b.example.org/dicomweb", "ORTHANC_MAX_CONNECTIONS": "1"}
-	err := Load(mapEnv(e), &CheckCommand{})
-	if want := "ORTHANC_MAX_CONNECTIONS=1: below 2"; err == nil || !strings.Contains(err.Error(), want) {
-		t.Fatalf("Load() = %v, want an error containing %q", err, want)
+	two := map[string]string{"DESTINATIONS": "archive,ai", "DESTINATION_ARCHIVE_URL": "https://a.example.org/dicomweb",
+		"DESTINATION_AI_URL": "https://b.example.org/dicomweb"}
+	const nats = "nats://nats:4222"
+	for _, tt := range []struct {
+		name string
+		set  map[string]string
+		want string // "" loads
+	}{
+		{"a forwarder", map[string]string{"NATS_URL": nats, "ORTHANC_MAX_CONNECTIONS": "1"}, "ORTHANC_MAX_CONNECTIONS=1: below 2"},
+		{"a forwarder, one slot each", map[string]string{"NATS_URL": nats, "ORTHANC_MAX_CONNECTIONS": "2"}, ""},
+		// NATS_URL empty: a single host's, whose reconciler (on by
+		// default) takes a slot too; it refused at start what check
+		// passed.
+		{"a single host", map[string]string{"ORTHANC_MAX_CONNECTIONS": "2"},
+			"ORTHANC_MAX_CONNECTIONS=2: below 3, a slot for each destination this process serves (archive, ai) and one for its ingest's reads of Orthanc"},
+		{"a single host without its reconciler", map[string]string{"ORTHANC_MAX_CONNECTIONS": "2", "RECONCILE_ENABLED": "false"}, ""},
+		{"a single host's PRIORITY_RULE", map[string]string{"ORTHANC_MAX_CONNECTIONS": "2", "RECONCILE_ENABLED": "false",
+			"PRIORITY_RULE": "'CT' in study.modalities"}, "below 3"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := Load(mapEnv(mergedEnv(two, tt.set)), &CheckCommand{})
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("Load() = %v, want no error", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
+			}
+		})
 	}
 }
