@@ -225,8 +225,11 @@ func reads(checked *cel.Ast, v string) (fields map[string]bool, whole bool) {
 
 // comparedSources are the names the checked expression compares the
 // variable source with, as literals: source == 'x' (either way round),
-// source != 'x', source in ['x', 'y']. Not inside a comprehension that
-// names its own variable source, which hides the event's there.
+// source != 'x', source in ['x', 'y'] (or a sum of such lists, or a
+// map's keys), ['x', 'y'].exists(s, s == source) (any comprehension over
+// such a list whose variable is compared with source). Not inside a
+// comprehension that names its own variable source, which hides the
+// event's there.
 func comparedSources(checked *cel.Ast) []string {
 	root := ast.NavigateAST(checked.NativeRep())
 	hidden := map[int64]bool{}
@@ -256,16 +259,58 @@ func comparedSources(checked *cel.Ast) []string {
 				}
 			}
 		case operators.In:
-			if isSource(args[0]) && args[1].Kind() == ast.ListKind {
-				for _, el := range args[1].AsList().Elements() {
-					if s, ok := constantString(el); ok {
-						names = append(names, s)
-					}
-				}
+			if isSource(args[0]) {
+				names = append(names, literalElements(args[1])...)
 			}
 		}
 	}
+	// ['x', 'y'].exists(s, s == source) and the like: the list's names,
+	// when its variable is compared with source in the loop.
+	for _, e := range ast.MatchDescendants(root, ast.KindMatcher(ast.ComprehensionKind)) {
+		c := e.AsComprehension()
+		if hidden[e.ID()] || c.IterVar2() != "" {
+			continue
+		}
+		isVar := func(e ast.Expr) bool { return e.Kind() == ast.IdentKind && e.AsIdent() == c.IterVar() }
+		compared := false
+		for _, call := range ast.MatchDescendants(ast.NavigateExpr(checked.NativeRep(), c.LoopStep()), ast.KindMatcher(ast.CallKind)) {
+			if f := call.AsCall().FunctionName(); f != operators.Equals && f != operators.NotEquals {
+				continue
+			}
+			if a := call.AsCall().Args(); len(a) == 2 && (isVar(a[0]) && isSource(a[1]) || isSource(a[0]) && isVar(a[1])) {
+				compared = true
+			}
+		}
+		if compared {
+			names = append(names, literalElements(c.IterRange())...)
+		}
+	}
 	return names
+}
+
+// literalElements are the string literals of a list literal, of a sum
+// of them (['x'] + ['y']), or the keys of a map literal.
+func literalElements(e ast.Expr) []string {
+	var out []string
+	switch e.Kind() {
+	case ast.ListKind:
+		for _, el := range e.AsList().Elements() {
+			if s, ok := constantString(el); ok {
+				out = append(out, s)
+			}
+		}
+	case ast.MapKind:
+		for _, en := range e.AsMap().Entries() {
+			if s, ok := constantString(en.AsMapEntry().Key()); ok {
+				out = append(out, s)
+			}
+		}
+	case ast.CallKind:
+		if c := e.AsCall(); c.FunctionName() == operators.Add && len(c.Args()) == 2 {
+			out = append(literalElements(c.Args()[0]), literalElements(c.Args()[1])...)
+		}
+	}
+	return out
 }
 
 // indexes reports whether c indexes the expression operand (operand[key]).

@@ -276,6 +276,15 @@ func TestComparedSources(t *testing.T) {
 		{"['a'].exists(source, source == 'a') || source == 'main'", []string{"main"}},
 		{"source != 'reserch' && !study.modalities.exists(source, source == 'SR')", []string{"reserch"}},
 		{"study.modalities.all(source, source != 'SR')", nil},
+		// Other literal forms of the same comparisons.
+		{"source in ['main'] + ['cardio']", []string{"main", "cardio"}},
+		{"source in {'main': 1, 'mian': 2}", []string{"main", "mian"}},
+		{"['main', 'cardio'].exists(s, s == source)", []string{"main", "cardio"}},
+		{"['main'].all(s, source != s) && ['x'].exists_one(n, n == 'x')", []string{"main"}},
+		{"['reserch'].exists(s, s == source) || study.modalities.exists(m, m == 'MR')", []string{"reserch"}},
+		// A list not compared with source, or of no literals.
+		{"['MR', 'CT'].exists(m, m in study.modalities)", nil},
+		{"study.modalities.exists(m, m == source)", nil},
 	} {
 		r, err := CompileStudyRule(tt.rule)
 		if err != nil {
