@@ -534,18 +534,18 @@ func (c *Client) takeSlot(ctx context.Context) (release func(), err error) {
 		}
 	}
 	if sh == nil {
-		if err := c.acquire(ctx); err != nil {
+		if err := waitFor(ctx, c.slots, &c.waits, &c.waited); err != nil {
 			return nil, err
 		}
 		return func() { <-c.slots }, nil
 	}
 	// The owner's share first: waiting for it holds none of the cap.
 	// Counted as the owner's wait, not as a wait for the cap (Slots).
-	if err := sh.acquire(ctx); err != nil {
+	if err := waitFor(ctx, sh.sem, &sh.waits, &sh.waited); err != nil {
 		return nil, fmt.Errorf("%w (all %d of this destination's share are its requests in flight or waiting; held: %s)",
 			err, cap(sh.sem), c.heldByOwners())
 	}
-	if err := c.acquire(ctx); err != nil {
+	if err := waitFor(ctx, c.slots, &c.waits, &c.waited); err != nil {
 		<-sh.sem
 		return nil, fmt.Errorf("%w (held: %s)", err, c.heldByOwners())
 	}
@@ -553,36 +553,21 @@ func (c *Client) takeSlot(ctx context.Context) (release func(), err error) {
 	return func() { sh.held.Add(-1); <-c.slots; <-sh.sem }, nil
 }
 
-// acquire takes a slot of the cap, waiting for one within ctx.
-func (c *Client) acquire(ctx context.Context) error {
+// waitFor takes a place of sem (the cap's slots, or an owner's share),
+// waiting for one within ctx; a request that waits is counted in waits,
+// and its wait, whether or not it got the place, added to waited in
+// nanoseconds (Slots).
+func waitFor(ctx context.Context, sem chan struct{}, waits, waited *atomic.Int64) error {
 	select {
-	case c.slots <- struct{}{}:
+	case sem <- struct{}{}:
 		return nil
 	default:
 	}
-	c.waits.Add(1)
+	waits.Add(1)
 	start := time.Now()
-	defer func() { c.waited.Add(int64(time.Since(start))) }()
+	defer func() { waited.Add(int64(time.Since(start))) }()
 	select {
-	case c.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-// acquire takes a place of the share, waiting for one within ctx.
-func (sh *slotShare) acquire(ctx context.Context) error {
-	select {
-	case sh.sem <- struct{}{}:
-		return nil
-	default:
-	}
-	sh.waits.Add(1)
-	start := time.Now()
-	defer func() { sh.waited.Add(int64(time.Since(start))) }()
-	select {
-	case sh.sem <- struct{}{}:
+	case sem <- struct{}{}:
 		return nil
 	case <-ctx.Done():
 		return context.Cause(ctx)
