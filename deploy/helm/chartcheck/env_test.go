@@ -104,6 +104,8 @@ func TestChartSetVarsRefused(t *testing.T) {
 		// Set by nothing else: these pass.
 		{"NATS_CREDS_FILE without nats.credsSecret", merged(required(), map[string]any{"env": map[string]any{"NATS_CREDS_FILE": "/etc/nats/nats.creds"}}), ""},
 		{"a collector in env without tracing.otlpEndpoint", merged(required(), map[string]any{"env": map[string]any{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}}), ""},
+		// `samplerArg:` written without a value is unset, not a ratio.
+		{"an empty samplerArg", merged(required(), map[string]any{"tracing": map[string]any{"otlpEndpoint": "http://c:4318", "samplerArg": nil}}), ""},
 		{"a secret's _FILE the Secret does not hold", merged(required(), map[string]any{"env": map[string]any{"NATS_PASSWORD_FILE": "/etc/nats/password"}}), ""},
 		{"tuning in forwarderDefaults.env", merged(required(), map[string]any{"forwarderDefaults": map[string]any{"env": map[string]any{"FORWARDER_ACK_WAIT": "2m", "STOW_MAX_BYTES": "100000000"}}}), ""},
 	}

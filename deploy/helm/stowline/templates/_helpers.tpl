@@ -331,7 +331,7 @@ Arguments: (dict "root" $ "role" "ingest"), or "forwarder" with "f" $forwarder.
 {{- $_ := set $env "ORTHANC_SOURCE_NAME" $root.Values.orthanc.sourceName -}}
 {{- with $root.Values.tracing -}}
 {{- if .otlpEndpoint -}}
-{{- if and (ne (toString .samplerArg) "") (not (has .sampler (list "traceidratio" "parentbased_traceidratio"))) -}}
+{{- if and (not (kindIs "invalid" .samplerArg)) (ne (toString .samplerArg) "") (not (has .sampler (list "traceidratio" "parentbased_traceidratio"))) -}}
 {{- fail (printf "tracing.samplerArg (%v) is a ratio only tracing.sampler traceidratio or parentbased_traceidratio reads; tracing.sampler is %q, which would trace every study: set tracing.sampler: parentbased_traceidratio" .samplerArg .sampler) -}}
 {{- end -}}
 {{- $_ := set $env "OTEL_EXPORTER_OTLP_ENDPOINT" .otlpEndpoint -}}
