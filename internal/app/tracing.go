@@ -414,11 +414,12 @@ func checkOTLPEndpoint(name, raw string) error {
 // endpoint's scheme says. The SDK takes http:// or https:// from the
 // endpoint (the TRACES_ one winning), then lets a set
 // OTEL_EXPORTER_OTLP_(TRACES_)INSECURE decide whatever the scheme:
-// "false" (the default written out) or any value but "true" made it
-// speak TLS to a plain collector, every export failing, and "true" sent
-// the spans and OTEL_EXPORTER_OTLP_HEADERS (a vendor's key) in clear
-// text to an https:// one. With TLS off, a CA or client certificate
-// failed the exporter's start with no variable named.
+// "false" (the default written out) or any value but "true" ("1") made
+// it speak TLS to a plain collector, every export failing, and "true"
+// sent the spans and OTEL_EXPORTER_OTLP_HEADERS (a vendor's key) in
+// clear text to an https:// one. A value that agrees with the scheme
+// passes. With TLS off, a CA or client certificate failed the
+// exporter's start with no variable named.
 func checkOTLPTransport(getenv func(string) string) error {
 	var errs []error
 	endpoint := strings.TrimSpace(getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
@@ -430,24 +431,18 @@ func checkOTLPTransport(getenv func(string) string) error {
 		return nil // checkOTLPEndpoint names it
 	}
 	plain := u.Scheme == "http"
-	insecure := ""
+	insecure, value := "", ""
 	for _, name := range []string{"OTEL_EXPORTER_OTLP_INSECURE", "OTEL_EXPORTER_OTLP_TRACES_INSECURE"} {
-		v := strings.TrimSpace(getenv(name))
-		if v == "" {
-			continue
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			// As the SDK reads it: anything but true (1, yes) is false.
+			insecure, value, plain = name, v, strings.EqualFold(v, "true")
 		}
-		if !strings.EqualFold(v, "true") && !strings.EqualFold(v, "false") {
-			errs = append(errs, fmt.Errorf("%s=%q: want true or false, or leave it unset (the endpoint's http:// or https:// decides); the exporter reads anything but true as false, and speaks TLS", name, v))
-			continue
-		}
-		insecure = name
-		plain = strings.EqualFold(v, "true")
 	}
 	if insecure != "" && plain != (u.Scheme == "http") {
 		if plain {
-			errs = append(errs, fmt.Errorf("%s=true with an https:// endpoint: the exporter would send the spans, and OTEL_EXPORTER_OTLP_HEADERS, unencrypted: leave it unset", insecure))
+			errs = append(errs, fmt.Errorf("%s=true with an https:// endpoint: the exporter would send the spans, and OTEL_EXPORTER_OTLP_HEADERS, unencrypted: leave it unset (the endpoint's scheme decides)", insecure))
 		} else {
-			errs = append(errs, fmt.Errorf("%s=false with an http:// endpoint: the exporter would speak TLS to it and every export would fail: leave it unset", insecure))
+			errs = append(errs, fmt.Errorf("%s=%q with an http:// endpoint: the exporter reads anything but true as false, would speak TLS to it, and every export would fail: leave it unset (the endpoint's scheme decides)", insecure, value))
 		}
 		return errors.Join(errs...)
 	}

@@ -216,6 +216,8 @@ func TestCheckTracingEnv(t *testing.T) {
 		{"the traces endpoint's scheme wins", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
 			"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://vendor.example/v1/traces", "OTEL_EXPORTER_OTLP_INSECURE": "false"}, ""},
 		{"a ratio", map[string]string{"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}, ""},
+		// Read as false, which https agrees with.
+		{"insecure 0 with https", map[string]string{"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4318", "OTEL_EXPORTER_OTLP_INSECURE": "0"}, ""},
 		{"no limits", map[string]string{"OTEL_BSP_EXPORT_TIMEOUT": "0", "OTEL_EXPORTER_OTLP_TIMEOUT": "0"}, ""},
 		{"the smallest", map[string]string{"OTEL_BSP_SCHEDULE_DELAY": "1", "OTEL_BSP_MAX_QUEUE_SIZE": "1", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1"}, ""},
 		{"a queue smaller than the default batch", map[string]string{"OTEL_BSP_MAX_QUEUE_SIZE": "100"}, ""},

@@ -48,7 +48,8 @@
 // studies in a real Orthanc A is forwarded by 1, 2 and 4 separate
 // cmd/forwarder processes sharing the durable consumer on one nats-server
 // (run in the benchmark process, on loopback TCP), every replica with the
-// same fixed settings, to the discard sink on loopback and to the same
+// same settings and the same fixed share of STOW_PARALLEL_REQUESTS, to
+// the discard sink on loopback and to the same
 // sink behaving like a distant cloud service (latency and a bandwidth cap
 // per request), optionally to a real Orthanc B. Every measurement deletes
 // the event stream, starts the replicas together, publishes every study's

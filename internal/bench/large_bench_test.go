@@ -93,7 +93,7 @@ type largeSettings struct {
 }
 
 const largeSettingsDoc = `STOWLINE_BENCH_LARGE_SHAPE ("192x2048x2048,1x16384x16384": COUNTxROWSxCOLS per series),
-STOWLINE_BENCH_LARGE_STOWLINE ("4/100/2,4/100/4": concurrency/max instances[/parallel requests]),
+STOWLINE_BENCH_LARGE_STOWLINE ("4/100,4/100/4": concurrency/max instances[/STOW_PARALLEL_REQUESTS], 4/100 the defaults),
 STOWLINE_BENCH_LARGE_ROUNDS (3)`
 
 func loadLargeSettings(getenv func(string) string) (largeSettings, error) {
@@ -122,7 +122,7 @@ func loadLargeSettings(getenv func(string) string) (largeSettings, error) {
 		}
 		s.Shape = append(s.Shape, largeGroup{Count: n[0], Rows: n[1], Cols: n[2]})
 	}
-	s.Stowline = e.fwdSettings("LARGE_STOWLINE", "4/100/2,4/100/4")
+	s.Stowline = e.fwdSettings("LARGE_STOWLINE", "4/100,4/100/4")
 	s.Rounds = e.integer("LARGE_ROUNDS", 3, 1, 50)
 	return s, e.err(largeSettingsDoc)
 }

@@ -18,8 +18,9 @@ import (
 // service (and, if asked, to a real Orthanc B), and reports the
 // throughput of each and its speed-up over one process.
 //
-// Every replica has the same fixed settings, so only the number of
-// processes changes. Run it with -benchtime 1x (see BENCHMARKS.md):
+// Every replica has the same settings and the same fixed share of the
+// destination's STOW_PARALLEL_REQUESTS (raised with the number of
+// replicas), so only the number of processes changes. Run it with -benchtime 1x (see BENCHMARKS.md):
 //
 //	go test -run '^$' -bench Replicas -benchtime 1x -timeout 30m ./internal/bench/
 func BenchmarkReplicas(b *testing.B) {
@@ -406,11 +407,13 @@ func (r *replicaRig) printTable(cases []*replicaCase) {
 	}
 	fmt.Printf("\nKept %d measurements; %d more were taken and dropped because other programs used more than %.2f cores meanwhile.\n",
 		total, again, r.set.MaxOtherLoad)
-	fmt.Printf("\nEvery replica has the same settings, so K replicas keep %d·K studies and %d·K STOW-RS requests in flight:\n"+
-		"in throughput terms adding a replica is the same as raising FORWARDER_CONCURRENCY in one process (the \"one process\"\n"+
-		"rows). What replicas add is fault isolation (a crashed or stuck process returns only its own studies to the queue)\n"+
-		"and the use of more hosts (cores, network, memory); on this %d-core machine all of them share the same cores.\n\n",
-		r.set.Concurrency, r.set.Concurrency*r.set.Parallel, runtime.NumCPU())
+	fmt.Printf("\nK replicas keep %d·K studies in flight and share STOW_PARALLEL_REQUESTS=%d·K, %d requests each (STOW_PARALLEL_MIN):\n"+
+		"in throughput terms adding a replica is the same as raising FORWARDER_CONCURRENCY and STOW_PARALLEL_REQUESTS in one\n"+
+		"process (the \"one process\" rows); adding replicas without raising STOW_PARALLEL_REQUESTS, the destination's ceiling,\n"+
+		"adds no requests in flight. What replicas add is fault isolation (a crashed or stuck process returns only its own\n"+
+		"studies to the queue) and the use of more hosts (cores, network, memory); on this %d-core machine all of them share\n"+
+		"the same cores.\n\n",
+		r.set.Concurrency, r.set.Parallel, r.set.Parallel, runtime.NumCPU())
 }
 
 // printHeader prints the machine, versions and setup the figures belong

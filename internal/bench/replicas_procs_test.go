@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,12 +153,19 @@ type replicaSet struct {
 // stream and the consumer, as replicas of a deployment that starts
 // together do) and waits until all are ready.
 func (r *replicaRig) startReplicas(ctx context.Context, dir string, k, concurrency int, dest *replicaDest) (*replicaSet, error) {
+	// STOW_PARALLEL_REQUESTS is the destination's ceiling, shared by the
+	// replicas serving it: k replicas of Parallel each get Parallel×k
+	// to share, and one process of k×Concurrency the same. The floor,
+	// STOW_PARALLEL_MIN, is each process's share, so the limit is fixed
+	// and only the number of processes changes.
+	share := r.set.Parallel * concurrency / r.set.Concurrency
 	env := map[string]string{
 		"NATS_URL":               r.natsURL,
 		"ORTHANC_URL":            r.a.URL,
 		"DICOMWEB_URL":           dest.url,
 		"FORWARDER_CONCURRENCY":  strconv.Itoa(concurrency),
-		"STOW_PARALLEL_REQUESTS": strconv.Itoa(r.set.Parallel),
+		"STOW_PARALLEL_REQUESTS": strconv.Itoa(share * k),
+		"STOW_PARALLEL_MIN":      strconv.Itoa(share),
 		"STOW_MAX_INSTANCES":     strconv.Itoa(r.set.MaxInstances),
 	}
 	s := &replicaSet{tally: newReplicaTally()}
@@ -177,7 +187,44 @@ func (r *replicaRig) startReplicas(ctx context.Context, dir string, k, concurren
 		s.kill()
 		return nil, err
 	}
+	// Until a replica has counted the others in the status bucket (every
+	// few seconds) it takes the whole ceiling: wait for every count.
+	for i, p := range s.procs {
+		wg.Go(func() { errs[i] = p.waitReplicas(ctx, k) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		s.kill()
+		return nil, err
+	}
 	return s, nil
+}
+
+// waitReplicas waits until the forwarder counts k processes serving the
+// destination (stowline_forwarder_replicas), so that it takes its share
+// of STOW_PARALLEL_REQUESTS.
+func (p *replicaProc) waitReplicas(ctx context.Context, k int) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	want := fmt.Sprintf(`stowline_forwarder_replicas{destination="default"} %d`, k)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/metrics", nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if slices.Contains(strings.Split(string(body), "\n"), want) {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("forwarder %s: no %q on /metrics: %w", p.url, want, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // stop stops every replica (at once) and reports any unclean exit.

@@ -40,9 +40,11 @@ type replicaSettings struct {
 	Studies, Instances, Rows, Cols int
 	// Counts are the numbers of forwarder processes to measure.
 	Counts []int
-	// Concurrency, Parallel and MaxInstances are every replica's
-	// FORWARDER_CONCURRENCY, STOW_PARALLEL_REQUESTS and STOW_MAX_INSTANCES:
-	// fixed, so that only the number of processes changes.
+	// Concurrency and MaxInstances are every replica's
+	// FORWARDER_CONCURRENCY and STOW_MAX_INSTANCES, Parallel its STOW-RS
+	// requests in flight: its share of the destination's
+	// STOW_PARALLEL_REQUESTS (Parallel×K for K replicas), held fixed by
+	// STOW_PARALLEL_MIN, so that only the number of processes changes.
 	Concurrency, Parallel, MaxInstances int
 	// Equivalent also measures, for every count K above 1, one process
 	// with FORWARDER_CONCURRENCY K x Concurrency: the same studies in
