@@ -389,7 +389,8 @@ func checkOTLPHeaders(name, raw string) error {
 // credentials included, and exports to https://localhost:4318 instead.
 // The exporter keeps only the scheme, host and path: a user and
 // password, or a query (a vendor's key), it drops without a word, and
-// every export is refused. The error never quotes the value: it may hold
+// every export is refused (an empty query or a fragment, which carry
+// nothing, pass). The error never quotes the value: it may hold
 // user:password.
 func checkOTLPEndpoint(name, raw string) error {
 	v := strings.TrimSpace(raw)
@@ -404,8 +405,8 @@ func checkOTLPEndpoint(name, raw string) error {
 		return fmt.Errorf("%s has no http:// or https:// scheme (host:port alone is read as a scheme): want http://<host>:4318 or https://<host>:4318", name)
 	case u.Hostname() == "":
 		return fmt.Errorf("%s has no host: want http://<host>:4318 or https://<host>:4318", name)
-	case u.User != nil, u.RawQuery != "", u.ForceQuery, u.Fragment != "":
-		return fmt.Errorf("%s holds a user, a query or a fragment, which the exporter drops: give the collector's credentials in OTEL_EXPORTER_OTLP_HEADERS (e.g. Authorization=Bearer%%20<token>)", name)
+	case u.User != nil, u.RawQuery != "":
+		return fmt.Errorf("%s holds a user or a query, which the exporter drops: give the collector's credentials in OTEL_EXPORTER_OTLP_HEADERS (e.g. Authorization=Bearer%%20<token>)", name)
 	}
 	return nil
 }

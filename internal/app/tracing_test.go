@@ -161,7 +161,7 @@ func TestStartTracingRefusesBadEndpoints(t *testing.T) {
 		// The exporter keeps only scheme, host and path.
 		{"credentials in the URL", map[string]string{endpoint: "https://SECRETUSER:SECRETPASS@collector:4318/otlp"}, endpoint},
 		{"a key in the query", map[string]string{endpoint: "https://collector:4318", traces: "https://collector:4318/v1/traces?api-key=SECRETKEY"}, traces},
-		{"a fragment", map[string]string{endpoint: "https://collector:4318/otlp#x"}, endpoint},
+		{"an empty query and a fragment carry nothing", map[string]string{endpoint: "https://collector:4318/otlp?#x"}, ""},
 		// TLS on one side only: the exporter refused to start, naming nothing.
 		{"a CA with an http endpoint", map[string]string{endpoint: "http://collector:4318", cert: ca.CAFile}, cert},
 		{"a client certificate with an http traces endpoint", map[string]string{endpoint: "https://collector:4318", traces: "http://collector:4318/v1/traces",
