@@ -32,26 +32,22 @@ var forwarderCommands = []forwarderCommand{
 		func(ctx context.Context, args []string, p programIO) error {
 			return RunCheck(ctx, args, p.getenv, p.environ, p.stdout, p.stderr)
 		}},
-	{"audit", "list the stable studies in Orthanc a destination lacks (--enqueue queues them)",
-		func(ctx context.Context, args []string, p programIO) error {
-			return RunAudit(ctx, args, p.getenv, p.stdout, p.stderr)
-		}},
-	{"backfill", "queue older studies for one destination",
-		func(ctx context.Context, args []string, p programIO) error {
-			return RunBackfill(ctx, args, p.getenv, p.stdout, p.stderr)
-		}},
-	{"destinations", "list the destinations' consumers, or remove one no longer served",
-		func(ctx context.Context, args []string, p programIO) error {
-			return RunDestinations(ctx, args, p.getenv, p.stdout, p.stderr)
-		}},
-	{"replay", "list, show, replay or purge dead letters; re-forward studies",
-		func(ctx context.Context, args []string, p programIO) error {
-			return RunReplay(ctx, args, p.getenv, p.stdout, p.stderr)
-		}},
+	{"audit", "list the stable studies in Orthanc a destination lacks (--enqueue queues them)", withStreams(RunAudit)},
+	{"backfill", "queue older studies for one destination", withStreams(RunBackfill)},
+	{"destinations", "list the destinations' consumers, or remove one no longer served", withStreams(RunDestinations)},
+	{"replay", "list, show, replay or purge dead letters; re-forward studies", withStreams(RunReplay)},
 	{"pseudonym", "the pseudonym a de-identified destination received for a value, or its key's fingerprint",
 		func(ctx context.Context, args []string, p programIO) error {
 			return RunPseudonym(ctx, args, p.getenv, p.stdin, p.stdout, p.stderr)
 		}},
+}
+
+// withStreams adapts a command that reads no more than the environment,
+// standard output and standard error.
+func withStreams(run func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error) func(context.Context, []string, programIO) error {
+	return func(ctx context.Context, args []string, p programIO) error {
+		return run(ctx, args, p.getenv, p.stdout, p.stderr)
+	}
 }
 
 // isForwarderCommand reports whether name is one of cmd/forwarder's

@@ -28,7 +28,7 @@ func RunIngest(ctx context.Context, c *config.IngestService, log *slog.Logger) e
 // stream exists (watchEventStream).
 func runIngest(ctx context.Context, c *config.IngestService, streamCheckEvery time.Duration, log *slog.Logger) error {
 	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile, sourceMetrics: true}
-	if config.ReadsOrthanc(&c.Ingest, &c.Reconcile) {
+	if config.ReadsOrthanc(&c.Ingest.Priority, &c.Reconcile) {
 		var err error
 		if in.sources, err = newSources(&c.Orthanc); err != nil {
 			return err
@@ -86,7 +86,7 @@ func RunSingleHost(ctx context.Context, c *config.SingleHost, log *slog.Logger) 
 	}
 	sources.warnProxied(log, environmentProxy)
 	in := &ingestRole{cfg: &c.Ingest, reconcile: &c.Reconcile}
-	if config.ReadsOrthanc(&c.Ingest, &c.Reconcile) {
+	if config.ReadsOrthanc(&c.Ingest.Priority, &c.Reconcile) {
 		in.sources = sources
 	}
 	tp, stopTracing, err := startTracing(ctx, "stowline", "stowline", log)

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"os"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -368,28 +367,26 @@ type CheckCommand struct {
 	Log
 	Forwarder
 	Orthanc
-	// singleHostIngestReads: NATS_URL is empty, so the configuration is a
-	// single host's, whose ingest reads Orthanc (its reconciler, on by
-	// default, or PRIORITY_RULE) and takes a slot of the cap too.
-	singleHostIngestReads bool
+	// Reconcile and Priority are read for a single host's configuration
+	// (NATS_URL empty, singleHost): its ingest, when it reads Orthanc
+	// (ReadsOrthanc), takes a slot of the cap too.
+	Reconcile  Reconcile
+	Priority   Priority
+	singleHost bool
 }
 
 // readDynamic reads the variables named by ORTHANC_SOURCES and
-// DESTINATIONS, and what says the ingest of a single host reads Orthanc.
+// DESTINATIONS, and whether NATS_URL is empty: a separate forwarder
+// requires it, so the configuration is then a single host's.
 func (c *CheckCommand) readDynamic(getenv func(string) string) error {
-	if strings.TrimSpace(getenv("NATS_URL")) == "" {
-		// As the single host reads them (config.ReadsOrthanc); a value
-		// RECONCILE_ENABLED cannot be is the single host's to refuse.
-		reconcile, err := strconv.ParseBool(getenv("RECONCILE_ENABLED"))
-		c.singleHostIngestReads = reconcile || err != nil || getenv("PRIORITY_RULE") != ""
-	}
+	c.singleHost = strings.TrimSpace(getenv("NATS_URL")) == ""
 	return errors.Join(c.Orthanc.readDynamic(getenv), c.Forwarder.readDynamic(getenv))
 }
 
 // Validate checks every part; the errors name the variables.
 func (c *CheckCommand) Validate() error {
 	return errors.Join(c.Log.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(), c.Forwarder.rulesNameSources(&c.Orthanc),
-		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), c.singleHostIngestReads))
+		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), c.singleHost && ReadsOrthanc(&c.Priority, &c.Reconcile)))
 }
 
 // LogConfig returns the logging part.

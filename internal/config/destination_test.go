@@ -10,7 +10,6 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -156,17 +155,7 @@ func TestDestinationAuthValidation(t *testing.T) {
 			for k, v := range tt.set {
 				e[k] = v
 			}
-			var c ForwarderService
-			err := Load(mapEnv(e), &c)
-			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("Load: %v", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("err = %v, want %q", err, tt.want)
-			}
+			checkLoadError(t, Load(mapEnv(e), &ForwarderService{}), tt.want)
 		})
 	}
 }

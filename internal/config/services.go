@@ -37,7 +37,7 @@ func (c *IngestService) reconcileValidate() error {
 	if c.Reconcile.Enabled {
 		errs = append(errs, c.Reconcile.Validate(), c.Reconcile.adoptsFromOwn(&c.Orthanc))
 	}
-	if ReadsOrthanc(&c.Ingest, &c.Reconcile) {
+	if ReadsOrthanc(&c.Ingest.Priority, &c.Reconcile) {
 		errs = append(errs, c.Orthanc.Validate())
 	}
 	return errors.Join(errs...)
@@ -46,8 +46,8 @@ func (c *IngestService) reconcileValidate() error {
 // ReadsOrthanc reports whether the ingest reads the Orthanc sources: its
 // reconciler polls them, or PRIORITY_RULE reads their studies. On a
 // single host the forwarder's destinations then leave it a request slot.
-func ReadsOrthanc(i *Ingest, r *Reconcile) bool {
-	return r.Enabled || i.Priority.Rule != ""
+func ReadsOrthanc(p *Priority, r *Reconcile) bool {
+	return r.Enabled || p.Rule != ""
 }
 
 // requireExternalNATS refuses an embedded server for the separate
@@ -232,7 +232,7 @@ type SingleHost struct {
 func (c *SingleHost) Validate() error {
 	err := errors.Join(c.Log.Validate(), c.NATS.Validate(), c.Ingest.Validate(), c.Forwarder.Validate(), c.Orthanc.Validate(),
 		c.Forwarder.rulesNameSources(&c.Orthanc), c.Orthanc.ruleNamesSources("PRIORITY_RULE", c.Ingest.Priority.Rule),
-		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), ReadsOrthanc(&c.Ingest, &c.Reconcile)),
+		c.Orthanc.capsLeaveEachASlot(c.Forwarder.Served(), ReadsOrthanc(&c.Ingest.Priority, &c.Reconcile)),
 		c.Admin.Validate(), c.Admin.apartFrom(&c.Ingest), c.ListenTLS.Validate(), replayWindow(&c.NATS, &c.Ingest))
 	if c.Reconcile.Enabled {
 		err = errors.Join(err, c.Reconcile.Validate(), c.Reconcile.adoptsFromOwn(&c.Orthanc))

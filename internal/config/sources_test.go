@@ -355,14 +355,9 @@ func TestCapLeavesEachDestinationASlot(t *testing.T) {
 				c = &SingleHost{}
 			}
 			err := Load(mapEnv(e), c)
+			checkLoadError(t, err, tt.want)
 			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("Load() = %v, want no error", err)
-				}
 				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
 			}
 			want := 1
 			if tt.set["ORTHANC_MAX_CONNECTIONS"] != "" && tt.set["ORTHANC_MR_MAX_CONNECTIONS"] != "" {
@@ -407,16 +402,22 @@ func TestCheckRefusesTheForwardersCap(t *testing.T) {
 			"PRIORITY_RULE": "'CT' in study.modalities"}, "below 3"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			err := Load(mapEnv(mergedEnv(two, tt.set)), &CheckCommand{})
-			if tt.want == "" {
-				if err != nil {
-					t.Fatalf("Load() = %v, want no error", err)
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tt.want) {
-				t.Fatalf("Load() = %v, want an error containing %q", err, tt.want)
-			}
+			checkLoadError(t, Load(mapEnv(mergedEnv(two, tt.set)), &CheckCommand{}), tt.want)
 		})
+	}
+}
+
+// checkLoadError checks Load's error: none when want is "", else one
+// containing want.
+func checkLoadError(t *testing.T, err error, want string) {
+	t.Helper()
+	if want == "" {
+		if err != nil {
+			t.Fatalf("Load() = %v, want no error", err)
+		}
+		return
+	}
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Load() = %v, want an error containing %q", err, want)
 	}
 }
