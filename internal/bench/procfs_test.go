@@ -87,8 +87,10 @@ func parseMachineBusy(b []byte) (time.Duration, error) {
 // memStatus holds the memory figures of /proc/PID/status, in bytes.
 type memStatus struct {
 	// RSS is VmRSS, the resident set now; HWM is VmHWM, its peak over
-	// the process's life.
-	RSS, HWM int64
+	// the process's life. Anon is RssAnon, the part of RSS that is the
+	// process's own memory (heap, stacks): the rest is mostly the
+	// binary's pages, which the kernel shares and can drop.
+	RSS, HWM, Anon int64
 }
 
 func readMem(pid int) (memStatus, error) {
@@ -105,7 +107,7 @@ func parseStatus(b []byte) (memStatus, error) {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		key, val, ok := strings.Cut(sc.Text(), ":")
-		if !ok || (key != "VmRSS" && key != "VmHWM") {
+		if !ok || (key != "VmRSS" && key != "VmHWM" && key != "RssAnon") {
 			continue
 		}
 		f := strings.Fields(val)
@@ -116,15 +118,18 @@ func parseStatus(b []byte) (memStatus, error) {
 		if err != nil {
 			return m, fmt.Errorf("/proc status: %s: %w", key, err)
 		}
-		if key == "VmRSS" {
+		switch key {
+		case "VmRSS":
 			m.RSS = kb << 10
-		} else {
+		case "VmHWM":
 			m.HWM = kb << 10
+		default:
+			m.Anon = kb << 10
 		}
 		found++
 	}
-	if found != 2 {
-		return m, fmt.Errorf("/proc status: VmRSS or VmHWM missing")
+	if found != 3 {
+		return m, fmt.Errorf("/proc status: VmRSS, VmHWM or RssAnon missing")
 	}
 	return m, nil
 }
@@ -140,8 +145,8 @@ func TestProcParsers(t *testing.T) {
 	if err != nil || busy != 1610*time.Millisecond {
 		t.Errorf("parseMachineBusy = %v, %v; want 1.61s", busy, err)
 	}
-	m, err := parseStatus([]byte("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nThreads:\t3\n"))
-	if err != nil || m.HWM != 2<<20 || m.RSS != 1<<20 {
+	m, err := parseStatus([]byte("Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nRssAnon:\t   512 kB\nRssFile:\t   512 kB\nThreads:\t3\n"))
+	if err != nil || m.HWM != 2<<20 || m.RSS != 1<<20 || m.Anon != 512<<10 {
 		t.Errorf("parseStatus = %+v, %v", m, err)
 	}
 	if _, err := os.Stat("/proc/self/stat"); err != nil {

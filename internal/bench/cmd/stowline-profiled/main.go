@@ -10,6 +10,9 @@
 //	                        trace -pprof=net|sync|syscall` turns it into
 //	                        profiles of where goroutines waited
 //	STOWLINE_PROFILE_HEAP   write a heap profile (pprof) to this file at exit
+//	STOWLINE_PROFILE_HEAP_PEAK  write a heap profile (pprof) to this file
+//	                        each time the live heap reaches a new high, so
+//	                        the last one shows what the peak held
 //
 // Profiles are flushed when the process stops on SIGTERM or SIGINT.
 package main
@@ -21,9 +24,11 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"runtime/trace"
 	"syscall"
+	"time"
 
 	"github.com/stowline/stowline/internal/app"
 	"github.com/stowline/stowline/internal/config"
@@ -99,5 +104,44 @@ func startProfiles() (stop func() error, err error) {
 			return f.Close()
 		})
 	}
+	if path := os.Getenv("STOWLINE_PROFILE_HEAP_PEAK"); path != "" {
+		done := make(chan struct{})
+		finished := make(chan struct{})
+		go func() {
+			defer close(finished)
+			watchHeapPeak(path, done)
+		}()
+		stops = append(stops, func() error { close(done); <-finished; return nil })
+	}
 	return stop, nil
+}
+
+// watchHeapPeak writes a heap profile to path whenever the heap's live
+// objects (as of the last collection) exceed the last high by 1 MiB.
+func watchHeapPeak(path string, done <-chan struct{}) {
+	sample := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	var high uint64
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-tick.C:
+		}
+		metrics.Read(sample)
+		live := sample[0].Value.Uint64()
+		if live < high+1<<20 {
+			continue
+		}
+		high = live
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "stowline-profiled: heap peak:", err)
+			return
+		}
+		_ = pprof.Lookup("heap").WriteTo(f, 0)
+		f.Close()
+		fmt.Fprintf(os.Stderr, "stowline-profiled: heap peak %d bytes live\n", live)
+	}
 }
