@@ -28,8 +28,9 @@
 // BenchmarkLargeStudy generates one large study (by default 192 instances
 // of 2048x2048 pixels and one of 16384x16384, 2 GiB) straight into a real
 // Orthanc A, forwards it with the stowline binary into the sink, samples
-// stowline's RSS every 50 ms and checks its peak (VmHWM) against the
-// 64 MiB target; A's raw read rate of the same study is the reference.
+// stowline's RSS and its anonymous part (RssAnon, the process's own
+// memory) every 50 ms and checks its peak (VmHWM) against the 64 MiB
+// target; A's raw read rate of the same study is the reference.
 //
 // See BENCHMARKS.md for the commands and the figures. The settings
 // (STOWLINE_BENCH_* environment variables) and their defaults are listed
