@@ -12,7 +12,9 @@
 //	STOWLINE_PROFILE_HEAP   write a heap profile (pprof) to this file at exit
 //	STOWLINE_PROFILE_HEAP_PEAK  write a heap profile (pprof) to this file
 //	                        each time the live heap reaches a new high, so
-//	                        the last one shows what the peak held
+//	                        the last one shows what the peak held; the
+//	                        runtime's memory classes go to the same name
+//	                        with .txt added
 //
 // Profiles are flushed when the process stops on SIGTERM or SIGINT.
 package main
@@ -27,6 +29,7 @@ import (
 	"runtime/metrics"
 	"runtime/pprof"
 	"runtime/trace"
+	"strings"
 	"syscall"
 	"time"
 
@@ -142,6 +145,26 @@ func watchHeapPeak(path string, done <-chan struct{}) {
 		}
 		_ = pprof.Lookup("heap").WriteTo(f, 0)
 		f.Close()
-		fmt.Fprintf(os.Stderr, "stowline-profiled: heap peak %d bytes live\n", live)
+		writeMemoryClasses(path + ".txt")
 	}
+}
+
+// writeMemoryClasses writes the runtime's memory classes (heap live,
+// free, released; stacks; metadata) to path, beside the heap profile:
+// what the process's own memory holds besides live objects.
+func writeMemoryClasses(path string) {
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if strings.HasPrefix(d.Name, "/memory/classes/") || d.Name == "/gc/heap/live:bytes" || d.Name == "/gc/heap/goal:bytes" || d.Name == "/sched/goroutines:goroutines" {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	var b strings.Builder
+	for _, s := range samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			fmt.Fprintf(&b, "%-50s %12d\n", s.Name, s.Value.Uint64())
+		}
+	}
+	_ = os.WriteFile(path, []byte(b.String()), 0o644)
 }
