@@ -17,7 +17,7 @@ import (
 // reads (JPIP, whose pixel data is a link, left out); Explicit VR
 // Little Endian first, the target of conversions. An instance in a
 // syntax missing here is not sent: a lossy one is refused at once (with
-// advice to list the syntax, which the operator never set), a lossless
+// advice to list the syntax in the variable the operator did not set), a lossless
 // one goes to an Orthanc conversion that fails for what it cannot
 // decode (JPEG XL).
 var deidentReadable = []string{
@@ -69,7 +69,7 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 	o.Destination = dst
 	// Orthanc converts the encodings the rewrite cannot read.
 	if len(o.TransferSyntaxes) == 0 {
-		o.TransferSyntaxes = deidentReadable
+		o.TransferSyntaxes, o.TransferSyntaxesImplied = deidentReadable, true
 	} else {
 		o.TransferSyntaxes = slices.DeleteFunc(slices.Clone(o.TransferSyntaxes), func(ts string) bool {
 			return !deident.ReadsSyntax(ts)

@@ -26,8 +26,8 @@ func (nopDestination) Store(context.Context, []dicomweb.Part) (*dicomweb.Result,
 }
 
 // TestDeidentifyWiring: a de-identifying destination is wrapped, gets a
-// transfer syntax list without the encodings the rewrite cannot read,
-// and a bad key file is a startup error naming the destination's variable.
+// transfer syntax list without the encodings the rewrite cannot read
+// (its own when the variable is unset, said so), and a bad key file is a startup error naming the destination's variable.
 func TestDeidentifyWiring(t *testing.T) {
 	dir := t.TempDir()
 	good, short := filepath.Join(dir, "good"), filepath.Join(dir, "short")
@@ -47,9 +47,10 @@ func TestDeidentifyWiring(t *testing.T) {
 		key     string
 		syntax  []string
 		want    []string // first syntaxes of the list
+		implied bool     // the list is the forwarder's own
 		wantErr string
 	}{
-		{name: "no list: the readable ones", key: good, want: []string{"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}},
+		{name: "no list: the readable ones", key: good, want: []string{"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"}, implied: true},
 		{name: "big endian dropped", key: good, syntax: []string{"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.4.70"}, want: []string{"1.2.840.10008.1.2.4.70"}},
 		{name: "JPIP deflated dropped", key: good, syntax: []string{"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.1"}, want: []string{"1.2.840.10008.1.2.1"}},
 		{name: "nothing left", key: good, syntax: []string{"1.2.840.10008.1.2.1.99"}, wantErr: "DESTINATION_AI_STOW_TRANSFER_SYNTAXES lists only"},
@@ -79,6 +80,11 @@ func TestDeidentifyWiring(t *testing.T) {
 					return ts == "1.2.840.10008.1.2.2" || ts == "1.2.840.10008.1.2.1.99" || ts == "1.2.840.10008.1.2.4.95"
 				}) {
 				t.Errorf("transfer syntaxes %q, want %q first and no big endian or deflated", o.TransferSyntaxes, tt.want)
+			}
+			// A refusal's advice depends on it: set the variable, or
+			// edit the list the operator wrote.
+			if o.TransferSyntaxesImplied != tt.implied {
+				t.Errorf("TransferSyntaxesImplied = %v, want %v", o.TransferSyntaxesImplied, tt.implied)
 			}
 		})
 	}

@@ -187,8 +187,12 @@ type Options struct {
 	// source converted to the first lossless one (transcode.go), and an
 	// instance the destination refuses with 0xC122 is converted and sent
 	// again. TransferSyntaxesVar names the variable in messages.
-	TransferSyntaxes    []string
-	TransferSyntaxesVar string
+	// TransferSyntaxesImplied: the list is the forwarder's own (a
+	// de-identifying destination's, the variable unset), so a refusal
+	// advises setting the variable, not editing a list nobody wrote.
+	TransferSyntaxes        []string
+	TransferSyntaxesVar     string
+	TransferSyntaxesImplied bool
 	// ExactLength: the destination needs every request's length up front
 	// (AWS Signature V4), so converted instances are counted first.
 	ExactLength bool

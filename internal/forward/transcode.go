@@ -560,19 +560,23 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 // converted, or the reason it is refused for good.
 func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, string) {
 	base := Describe(dicomweb.FailureTransferSyntaxNotSupported)
+	setList := "set " + f.syntaxVar() + " to the transfer syntaxes the destination accepts (e.g. 1.2.840.10008.1.2.1, Explicit VR Little Endian) and stowline converts such instances"
 	if p == nil {
 		f.m.conversions.WithLabelValues(convRefused).Inc()
 		f.syntaxHint.Do(func() {
 			f.log.Warn("the destination refuses a transfer syntax: set "+f.syntaxVar()+" to the syntaxes it accepts, and stowline converts instances to them",
 				"variable", f.syntaxVar())
 		})
-		return nil, base + ": set " + f.syntaxVar() + " to the transfer syntaxes the destination accepts (e.g. 1.2.840.10008.1.2.1, Explicit VR Little Endian) and stowline converts such instances"
+		return nil, base + ": " + setList
 	}
 	in, known := p.byUID[uid]
 	switch {
 	case !known:
 	case p.wasConverted(uid):
 		f.m.conversions.WithLabelValues(convRefused).Inc()
+		if f.opts.TransferSyntaxesImplied {
+			return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; %s", base, syntaxName(p.target), setList)
+		}
 		return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; remove that syntax from %s or put an accepted one first", base, syntaxName(p.target), f.syntaxVar())
 	case in.syntax == p.target, lossySyntax(in.syntax) && slices.Contains(p.accepted, in.syntax):
 	default:
@@ -584,6 +588,9 @@ func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, st
 		return &part, ""
 	}
 	f.m.conversions.WithLabelValues(convRefused).Inc()
+	if f.opts.TransferSyntaxesImplied {
+		return nil, fmt.Sprintf("%s: the destination refused %s; %s", base, syntaxName(in.syntax), setList)
+	}
 	return nil, fmt.Sprintf("%s: the destination refused %s, which %s lists; remove it from the list", base, syntaxName(in.syntax), f.syntaxVar())
 }
 

@@ -197,6 +197,7 @@ func TestTransferSyntaxes(t *testing.T) {
 		fail        []string // SOP Instance UIDs whose conversion fails
 		unrecorded  []string // SOP Instance UIDs whose syntax Orthanc did not record
 		list        []string // STOW_TRANSFER_SYNTAXES
+		implied     bool     // the list is the forwarder's own
 		exactLength bool
 		stored      []string // SOP Instance UIDs, all in Explicit VR LE
 		refused     map[string]string
@@ -271,6 +272,18 @@ func TestTransferSyntaxes(t *testing.T) {
 			conversions: map[string]float64{convNoTarget: 1, convRefused: 1},
 		},
 		{
+			// A de-identifying destination without the variable: the
+			// list is the forwarder's, the fix is to set the variable.
+			name: "the forwarder's own list, a syntax in it refused", syntaxes: []string{tsJPEG}, list: []string{tsExplicit, tsJPEG}, implied: true,
+			refused:     map[string]string{"1.2.3.1": "the destination refused JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50); set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
+			conversions: map[string]float64{convRefused: 1},
+		},
+		{
+			name: "the forwarder's own list, its target refused", syntaxes: []string{tsBig}, list: []string{tsImplicit}, implied: true,
+			refused:     map[string]string{"1.2.3.1": "the destination refused the instance converted to Implicit VR Little Endian (1.2.840.10008.1.2); set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
+			conversions: map[string]float64{convConverted: 1, convRefused: 1},
+		},
+		{
 			name: "converted and refused again", syntaxes: []string{tsBig}, list: []string{tsImplicit},
 			refused:     map[string]string{"1.2.3.1": "the destination refused the instance converted to Implicit VR Little Endian (1.2.840.10008.1.2)"},
 			conversions: map[string]float64{convConverted: 1, convRefused: 1},
@@ -305,7 +318,7 @@ func TestTransferSyntaxes(t *testing.T) {
 				DestinationName: "az", SourceFor: func(string) (Source, error) { return src, nil }, Destination: client,
 				Concurrency: 1, MaxInstances: 4, MaxBytes: 1 << 20, RequestConcurrency: 2, AckWait: 3 * time.Second,
 				RetryDelay: time.Second, RetryMaxDelay: time.Second, InstanceRetries: 0,
-				TransferSyntaxes: tt.list, TransferSyntaxesVar: "DESTINATION_AZ_STOW_TRANSFER_SYNTAXES", ExactLength: tt.exactLength,
+				TransferSyntaxes: tt.list, TransferSyntaxesVar: "DESTINATION_AZ_STOW_TRANSFER_SYNTAXES", TransferSyntaxesImplied: tt.implied, ExactLength: tt.exactLength,
 				Logger: slog.New(slog.NewJSONHandler(&logs, nil)), Registerer: reg,
 				TracerProvider: tp,
 			})
