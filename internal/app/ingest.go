@@ -49,6 +49,21 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		tokens = append(tokens, r.cfg.PreviousToken)
 	}
 	warnWebhookAuth(log, r.cfg)
+	checks := map[string]web.Check{
+		"jetstream": p.conn.Ready,
+		// A refusal may be one lane's or one source's subject: the others
+		// are stored, and a publish there is what clears it (or 10 min
+		// without a refusal there).
+		"jetstream_publish": web.Advisory(p.conn.PublishRefused),
+	}
+	rec, err := r.startReconciler(ctx, g, p, pub, reg, checks)
+	if err != nil {
+		return err
+	}
+	var sourceNames func() []string
+	if rec != nil {
+		sourceNames = rec.Names
+	}
 	h, err := web.NewWebhook(web.WebhookOptions{
 		Tokens:         tokens,
 		HMACSecret:     r.cfg.HMACSecret,
@@ -61,21 +76,12 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		Logger:         log,
 		Registerer:     reg,
 		TracerProvider: p.tracer,
+		SourceNames:    sourceNames,
 	})
 	if err != nil {
 		return err
 	}
 	if err := reg.Register(natsReconnects(p.conn.NC)); err != nil {
-		return err
-	}
-	checks := map[string]web.Check{
-		"jetstream": p.conn.Ready,
-		// A refusal may be one lane's or one source's subject: the others
-		// are stored, and a publish there is what clears it (or 10 min
-		// without a refusal there).
-		"jetstream_publish": web.Advisory(p.conn.PublishRefused),
-	}
-	if err := r.startReconciler(ctx, g, p, pub, reg, checks); err != nil {
 		return err
 	}
 	router := newRouter()
@@ -107,9 +113,9 @@ func warnWebhookAuth(log *slog.Logger, cfg *config.Ingest) {
 }
 
 // startReconciler runs the change-log reconciler of every Orthanc source
-// (unless RECONCILE_ENABLED is false) and adds a readiness check per
+// (unless RECONCILE_ENABLED is false: nil) and adds a readiness check per
 // source to checks.
-func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *process, pub events.Publisher, reg prometheus.Registerer, checks map[string]web.Check) error {
+func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *process, pub events.Publisher, reg prometheus.Registerer, checks map[string]web.Check) (*reconcile.Reconciler, error) {
 	log := p.log.With("component", "reconciler")
 	if !r.reconcile.Enabled {
 		log.Warn("reconciler disabled (RECONCILE_ENABLED=false): a lost webhook event goes unnoticed until `forwarder audit` runs")
@@ -118,7 +124,7 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 			// copy is made in memory after it.
 			log.Warn("PRIORITY_RULE without the reconciler: a study the webhook answered for reaches its lane after the answer, and one whose ingest dies or fails to store it then stays on the triage subject until `forwarder audit --enqueue` runs; keep RECONCILE_ENABLED=true with PRIORITY_RULE")
 		}
-		return nil
+		return nil, nil
 	}
 	if err := r.reconcile.AlertWarning(); err != nil {
 		log.Warn("RECONCILE_POLL_INTERVAL is too long for an alert", "err", err)
@@ -127,12 +133,12 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 	defer cancel()
 	kv, err := p.topo.EnsureReconcile(pctx, p.conn.JS)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Read to tell a lost cursor from a first start.
 	stream, err := p.conn.JS.Stream(pctx, natsjs.EventStream)
 	if err != nil {
-		return fmt.Errorf("reconciler: open the event stream: %w", err)
+		return nil, fmt.Errorf("reconciler: open the event stream: %w", err)
 	}
 	var rs []reconcile.Source
 	for _, s := range r.sources.List() {
@@ -152,13 +158,13 @@ func (r *ingestRole) startReconciler(ctx context.Context, g *errgroup.Group, p *
 		TracerProvider: p.tracer,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for name, check := range rec.Checks() {
 		checks[name] = web.Advisory(check)
 	}
 	g.Go(named("reconciler", func() error { return rec.Run(ctx) }))
-	return nil
+	return rec, nil
 }
 
 // natsReconnects counts the ingest's reconnects to NATS. While it is

@@ -204,6 +204,22 @@ func (r *Reconciler) Run(ctx context.Context) error {
 	return nil
 }
 
+// Names returns the source names the reconciler publishes under now: a
+// configured one from the start, an unnamed source's once Orthanc told
+// its Name (and its new one after a rename). The webhook compares its
+// events' source with them.
+func (r *Reconciler) Names() []string {
+	var out []string
+	for _, s := range r.sources {
+		if s.configured != "" {
+			out = append(out, s.configured)
+		} else if n := s.shared.Load(); n != nil {
+			out = append(out, *n)
+		}
+	}
+	return out
+}
+
 // Checks returns a readiness check per source, named "reconcile_<name>"
 // ("reconcile" for the one source without a configured name). A check
 // fails while polling that source fails (Orthanc unreachable, for

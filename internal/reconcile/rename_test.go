@@ -2,6 +2,7 @@ package reconcile_test
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
@@ -30,8 +31,13 @@ func TestUnnamedSourceRenamed(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				r := newRig(t, rel, "recon-old")
-				_, reg, stop := r.start(t, "")
+				rec, reg, stop := r.start(t, "")
 				waitFirstCursor(t, r, "recon-old")
+				// The webhook warns of events under another name than
+				// the reconciler's (web.WebhookOptions.SourceNames).
+				if got := rec.Names(); !slices.Equal(got, []string{"recon-old"}) {
+					t.Errorf("Names() = %q, want [recon-old], Orthanc's Name", got)
+				}
 				upload(t, r.orthanc, writeStudy(t, 1))
 				// And the cursor past its StableStudy change: a study
 				// announced stable before that change was logged (seen
@@ -47,7 +53,7 @@ func TestUnnamedSourceRenamed(t *testing.T) {
 				upload(t, r.orthanc, writeStudy(t, 1)) // its webhook is lost
 				waitStable(t, r)
 				if tc.stopped {
-					_, reg, _ = r.start(t, "")
+					rec, reg, _ = r.start(t, "")
 				}
 				testharness.WaitFor(t, "the second study's event, or the cursor past its StableStudy change", 30*time.Second, func() bool {
 					return len(streamEvents(t, r.nats.JS)) >= 2 ||
@@ -60,6 +66,9 @@ func TestUnnamedSourceRenamed(t *testing.T) {
 				}
 				if evs[1].Source != "recon-new" {
 					t.Errorf("the second study's event names source %q, want recon-new, as the Lua script's", evs[1].Source)
+				}
+				if got := rec.Names(); !slices.Equal(got, []string{"recon-new"}) {
+					t.Errorf("Names() = %q after the rename, want [recon-new]", got)
 				}
 				if _, err := r.kv.Get(t.Context(), "cursor.recon-old"); err == nil {
 					t.Error("the old name's cursor is still stored: should Orthanc be named so again, the reconciler would resume from it")
@@ -94,7 +103,13 @@ func TestConfiguredSourceRenamed(t *testing.T) {
 				if old == "" {
 					old = "recon-cfg"
 				}
-				_, _, stop := r.start(t, tc.from)
+				rec, _, stop := r.start(t, tc.from)
+				if tc.from != "" {
+					// Known from the start, before Orthanc answers.
+					if got := rec.Names(); !slices.Equal(got, []string{tc.from}) {
+						t.Errorf("Names() = %q, want [%s], the configured name", got, tc.from)
+					}
+				}
 				// A first start begins at the end of the change log.
 				testharness.WaitFor(t, "the old name's cursor", 20*time.Second, func() bool { return cursorSeq(t, r, old) >= 0 })
 				upload(t, r.orthanc, writeStudy(t, 1))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/stowline/stowline/events"
@@ -24,6 +25,10 @@ type sourceRunner struct {
 	// note is reported by the check while polls succeed: a degraded
 	// reconciliation (errClockRefused).
 	note error
+
+	// shared is an unnamed source's name for Reconciler.Names, which
+	// other goroutines call: set with name, nil until it is known.
+	shared atomic.Pointer[string]
 
 	name  string // resolved source name
 	log   *slog.Logger
@@ -159,6 +164,12 @@ func (s *sourceRunner) serve(ctx context.Context) bool {
 // name while Orthanc cannot be asked its name; no source is named so.
 const unnamedSource = "(unnamed)"
 
+// shareName makes the resolved name the one Reconciler.Names reports.
+func (s *sourceRunner) shareName() {
+	name := s.name
+	s.shared.Store(&name)
+}
+
 // resolveName finds the source name of an unnamed source, retrying until
 // Orthanc answers or ctx ends.
 func (s *sourceRunner) resolveName(ctx context.Context) bool {
@@ -171,6 +182,7 @@ func (s *sourceRunner) resolveName(ctx context.Context) bool {
 		sys, err := s.orthanc.System(ctx)
 		if err == nil {
 			s.name = events.DefaultSourceName(sys.Name)
+			s.shareName()
 			s.nameChecked, s.renamedTo = time.Now(), ""
 			s.setStatus(nil)
 			s.r.log.Info("reconciling the Orthanc source named after Orthanc's Name, as the Lua script does by default; set ORTHANC_SOURCE_NAME if its Stowline.Source differs",

@@ -20,6 +20,7 @@ import (
 	"net/http"
 	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,6 +34,7 @@ import (
 	"github.com/stowline/stowline/events"
 	"github.com/stowline/stowline/internal/ellipsis"
 	"github.com/stowline/stowline/internal/natsjs"
+	"github.com/stowline/stowline/internal/repeatlog"
 	"github.com/stowline/stowline/internal/tracing"
 )
 
@@ -77,6 +79,13 @@ type WebhookOptions struct {
 	TracerProvider trace.TracerProvider
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// SourceNames, if set, returns the source names this process's
+	// reconciler publishes under (none while it does not know them): an
+	// event naming another is queued all the same, and counted and
+	// logged, since the Lua script's Stowline.Source and
+	// ORTHANC_SOURCE_NAME then differ and each study is queued under
+	// both names (docs/guarantees.md, De-duplication).
+	SourceNames func() []string
 }
 
 // Webhook serves the webhook.
@@ -93,6 +102,10 @@ type Webhook struct {
 	now     func() time.Time
 	m       *metrics
 	refused refusalLog
+	// sourceNames and otherSource: SourceNames, and the warnings of
+	// events naming another source, one an hour.
+	sourceNames func() []string
+	otherSource repeatlog.Failures
 }
 
 // NewWebhook validates opts and returns the webhook handler.
@@ -109,6 +122,9 @@ func NewWebhook(opts WebhookOptions) (*Webhook, error) {
 		log:     opts.Logger,
 		tracer:  tracing.Tracer(opts.TracerProvider, "github.com/stowline/stowline/internal/web"),
 		now:     opts.Now,
+
+		sourceNames: opts.SourceNames,
+		otherSource: repeatlog.Failures{Every: time.Hour},
 	}
 	for _, t := range opts.Tokens {
 		if t == "" {
@@ -286,10 +302,31 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 		span.SetAttributes(tracing.StreamSeq.Int64(int64(ack.Sequence)), tracing.Duplicate.Bool(ack.Duplicate))
 	}
 	h.m.received.WithLabelValues(result).Inc()
+	h.checkSource(ev, log)
 	log.Info("event accepted", "source", ev.Source, "orthanc_study_id", ev.OrthancStudyID,
 		"study_instance_uid", ev.StudyInstanceUID, "last_update", ev.LastUpdate,
 		"stream_seq", ack.Sequence, "duplicate", ack.Duplicate)
 	writeJSON(w, http.StatusAccepted, accepted{Stream: ack.Stream, Seq: ack.Sequence, Duplicate: ack.Duplicate, MsgID: ev.MsgID()})
+}
+
+// checkSource counts an event stored under a source name the
+// reconciler does not publish under, and logs the first and then one an
+// hour: the reconciler queues the same study under its own name, and it
+// is forwarded twice (at a destination that answers "already exists" for
+// any copy, the second copy's instances are conflicts).
+func (h *Webhook) checkSource(ev *events.StudyStable, log *slog.Logger) {
+	if h.sourceNames == nil {
+		return
+	}
+	names := h.sourceNames()
+	if len(names) == 0 || slices.Contains(names, ev.Source) {
+		return
+	}
+	h.m.otherSource.Inc()
+	if n, ok := h.otherSource.Failed(); ok {
+		log.Warn("webhook event names a source the reconciler does not: set the Lua script's Stowline.Source and ORTHANC_SOURCE_NAME (or the ORTHANC_SOURCES name) alike, or each study is queued under both names and forwarded twice (docs/guarantees.md, De-duplication)",
+			"source", ev.Source, "reconciled_sources", names, "orthanc_study_id", ev.OrthancStudyID, "events_so_far", n)
+	}
 }
 
 // lastUpdateAhead counts and logs an event whose lastUpdate is more than

@@ -16,6 +16,9 @@ type metrics struct {
 	// lastUpdateAhead counts events stored whose lastUpdate is more than
 	// events.MaxLastUpdateAhead after their arrival.
 	lastUpdateAhead prometheus.Counter
+	// otherSource counts events stored under a source name the
+	// reconciler does not publish under.
+	otherSource prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -41,6 +44,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "stowline_ingest_events_lastupdate_ahead_total",
 			Help: "Valid webhook events (authenticated, queued or not) whose lastUpdate is more than a day after the ingest received them: an Orthanc clock ahead, which also dates the study and its ledger records ahead: mend it; or a forged event, whose value the forwarders do not record.",
 		}),
+		otherSource: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stowline_ingest_events_unreconciled_source_total",
+			Help: "Webhook events stored whose source is none of those this ingest's reconciler publishes under: the Lua script's Stowline.Source and ORTHANC_SOURCE_NAME differ, and each study is queued under both names.",
+		}),
 	}
 	for _, r := range []string{"accepted", "duplicate"} {
 		m.received.WithLabelValues(r)
@@ -52,7 +59,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		"unsupported_media_type", "malformed", "invalid", "too_large", "timeout"} {
 		m.rejected.WithLabelValues(r)
 	}
-	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds, m.previousToken, m.lastUpdateAhead} {
+	for _, c := range []prometheus.Collector{m.received, m.rejected, m.publishSeconds, m.previousToken, m.lastUpdateAhead, m.otherSource} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("ingest: register metrics: %w", err)
 		}
