@@ -560,22 +560,25 @@ func (f *Forwarder) measure(ctx context.Context, parts []dicomweb.Part) ([]dicom
 // converted, or the reason it is refused for good.
 func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, string) {
 	base := Describe(dicomweb.FailureTransferSyntaxNotSupported)
-	setList := "set " + f.syntaxVar() + " to the transfer syntaxes the destination accepts (e.g. 1.2.840.10008.1.2.1, Explicit VR Little Endian) and stowline converts such instances"
 	if p == nil {
 		f.m.conversions.WithLabelValues(convRefused).Inc()
 		f.syntaxHint.Do(func() {
 			f.log.Warn("the destination refuses a transfer syntax: set "+f.syntaxVar()+" to the syntaxes it accepts, and stowline converts instances to them",
 				"variable", f.syntaxVar())
 		})
-		return nil, base + ": " + setList
+		return nil, base + ": set " + f.syntaxVar() + " to the transfer syntaxes the destination accepts (e.g. 1.2.840.10008.1.2.1, Explicit VR Little Endian) and stowline converts such instances"
 	}
+	// With the forwarder's own list (TransferSyntaxesImplied) the advice
+	// is to write one, a lossless syntax the destination accepts first:
+	// the target of conversions.
+	setTarget := "set " + f.syntaxVar() + " to the transfer syntaxes the destination accepts, a lossless one it accepts first: instances are converted to that one"
 	in, known := p.byUID[uid]
 	switch {
 	case !known:
 	case p.wasConverted(uid):
 		f.m.conversions.WithLabelValues(convRefused).Inc()
 		if f.opts.TransferSyntaxesImplied {
-			return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; %s", base, syntaxName(p.target), setList)
+			return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; %s", base, syntaxName(p.target), setTarget)
 		}
 		return nil, fmt.Sprintf("%s: the destination refused the instance converted to %s; remove that syntax from %s or put an accepted one first", base, syntaxName(p.target), f.syntaxVar())
 	case in.syntax == p.target, lossySyntax(in.syntax) && slices.Contains(p.accepted, in.syntax):
@@ -588,8 +591,14 @@ func (f *Forwarder) refusedSyntax(p *syntaxPlan, uid string) (*dicomweb.Part, st
 		return &part, ""
 	}
 	f.m.conversions.WithLabelValues(convRefused).Inc()
-	if f.opts.TransferSyntaxesImplied {
-		return nil, fmt.Sprintf("%s: the destination refused %s; %s", base, syntaxName(in.syntax), setList)
+	switch {
+	case !f.opts.TransferSyntaxesImplied:
+	case lossySyntax(in.syntax):
+		// Never converted: the copy would pass lossy pixel data off as
+		// lossless. Listed without it, it is refused before it is sent.
+		return nil, fmt.Sprintf("%s: the destination refused %s, and stowline does not convert lossy instances, so it cannot be sent there; set %s to the transfer syntaxes the destination accepts without it, and such instances are refused before they are sent", base, syntaxName(in.syntax), f.syntaxVar())
+	default:
+		return nil, fmt.Sprintf("%s: the destination refused %s; %s", base, syntaxName(in.syntax), setTarget)
 	}
 	return nil, fmt.Sprintf("%s: the destination refused %s, which %s lists; remove it from the list", base, syntaxName(in.syntax), f.syntaxVar())
 }

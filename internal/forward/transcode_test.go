@@ -274,13 +274,21 @@ func TestTransferSyntaxes(t *testing.T) {
 		{
 			// A de-identifying destination without the variable: the
 			// list is the forwarder's, the fix is to set the variable.
-			name: "the forwarder's own list, a syntax in it refused", syntaxes: []string{tsJPEG}, list: []string{tsExplicit, tsJPEG}, implied: true,
-			refused:     map[string]string{"1.2.3.1": "the destination refused JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50); set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
+			// Never converted, whatever the list: the advice must not
+			// promise it.
+			name: "the forwarder's own list, a lossy syntax in it refused", syntaxes: []string{tsJPEG}, list: []string{tsExplicit, tsJPEG}, implied: true,
+			refused:     map[string]string{"1.2.3.1": "the destination refused JPEG Baseline (Process 1, lossy) (1.2.840.10008.1.2.4.50), and stowline does not convert lossy instances, so it cannot be sent there; set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts without it"},
 			conversions: map[string]float64{convRefused: 1},
 		},
 		{
-			name: "the forwarder's own list, its target refused", syntaxes: []string{tsBig}, list: []string{tsImplicit}, implied: true,
-			refused:     map[string]string{"1.2.3.1": "the destination refused the instance converted to Implicit VR Little Endian (1.2.840.10008.1.2); set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts"},
+			// No syntax suggested: the list's target is the one refused.
+			name: "the forwarder's own list, its target refused as stored", syntaxes: []string{tsImplicit}, list: []string{tsImplicit, tsJPEG}, implied: true,
+			refused:     map[string]string{"1.2.3.1": "the destination refused Implicit VR Little Endian (1.2.840.10008.1.2); set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts, a lossless one it accepts first: instances are converted to that one"},
+			conversions: map[string]float64{convRefused: 1},
+		},
+		{
+			name: "the forwarder's own list, its target refused once converted", syntaxes: []string{tsBig}, list: []string{tsImplicit}, implied: true,
+			refused:     map[string]string{"1.2.3.1": "the destination refused the instance converted to Implicit VR Little Endian (1.2.840.10008.1.2); set DESTINATION_AZ_STOW_TRANSFER_SYNTAXES to the transfer syntaxes the destination accepts, a lossless one it accepts first"},
 			conversions: map[string]float64{convConverted: 1, convRefused: 1},
 		},
 		{
