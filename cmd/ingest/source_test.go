@@ -49,4 +49,9 @@ func TestWebhookEventOfAnotherSourceCounted(t *testing.T) {
 	if n := strings.Count(logs, "webhook event names a source the reconciler does not"); n != 1 || !strings.Contains(logs, `"reconciled_sources":["src"]`) {
 		t.Errorf("%d warnings (want 1, naming the reconciler's source src):\n%s", n, logs)
 	}
+	// ORTHANC_SOURCE_NAME is set: the forwarders refuse the other name,
+	// they do not forward the study twice.
+	if !strings.Contains(logs, "dead-letter it as from an unknown source") || strings.Contains(logs, "forwarded twice") {
+		t.Errorf("the warning does not say what the forwarders do with a configured source name:\n%s", logs)
+	}
 }

@@ -61,8 +61,12 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		return err
 	}
 	var sourceNames func() []string
+	sourcesNamed := false
 	if rec != nil {
 		sourceNames = rec.Names
+		for _, s := range r.sources.List() {
+			sourcesNamed = sourcesNamed || s.Name != ""
+		}
 	}
 	h, err := web.NewWebhook(web.WebhookOptions{
 		Tokens:         tokens,
@@ -77,6 +81,7 @@ func (r *ingestRole) start(ctx context.Context, g *errgroup.Group, p *process) e
 		Registerer:     reg,
 		TracerProvider: p.tracer,
 		SourceNames:    sourceNames,
+		SourcesNamed:   sourcesNamed,
 	})
 	if err != nil {
 		return err

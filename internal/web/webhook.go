@@ -84,8 +84,12 @@ type WebhookOptions struct {
 	// event naming another is queued all the same, and counted and
 	// logged, since the Lua script's Stowline.Source and
 	// ORTHANC_SOURCE_NAME then differ and each study is queued under
-	// both names (docs/guarantees.md, De-duplication).
-	SourceNames func() []string
+	// both names (docs/guarantees.md, De-duplication). SourcesNamed:
+	// the names are configured (ORTHANC_SOURCE_NAME, ORTHANC_SOURCES),
+	// so the forwarders refuse the other name rather than forward the
+	// study twice; the warning says which.
+	SourceNames  func() []string
+	SourcesNamed bool
 }
 
 // Webhook serves the webhook.
@@ -104,8 +108,9 @@ type Webhook struct {
 	refused refusalLog
 	// sourceNames and otherSource: SourceNames, and the warnings of
 	// events naming another source, one an hour.
-	sourceNames func() []string
-	otherSource repeatlog.Failures
+	sourceNames  func() []string
+	sourcesNamed bool
+	otherSource  repeatlog.Failures
 }
 
 // NewWebhook validates opts and returns the webhook handler.
@@ -123,8 +128,9 @@ func NewWebhook(opts WebhookOptions) (*Webhook, error) {
 		tracer:  tracing.Tracer(opts.TracerProvider, "github.com/stowline/stowline/internal/web"),
 		now:     opts.Now,
 
-		sourceNames: opts.SourceNames,
-		otherSource: repeatlog.Failures{Every: time.Hour},
+		sourceNames:  opts.SourceNames,
+		sourcesNamed: opts.SourcesNamed,
+		otherSource:  repeatlog.Failures{Every: time.Hour},
 	}
 	for _, t := range opts.Tokens {
 		if t == "" {
@@ -311,9 +317,14 @@ func (h *Webhook) serveWebhook(w http.ResponseWriter, r *http.Request) {
 
 // checkSource counts an event stored under a source name the
 // reconciler does not publish under, and logs the first and then one an
-// hour: the reconciler queues the same study under its own name, and it
-// is forwarded twice (at a destination that answers "already exists" for
-// any copy, the second copy's instances are conflicts).
+// hour. The reconciler queues the same study under its own name: with
+// the one unnamed Orthanc, whose forwarders take any name, it is
+// forwarded twice (at a destination that answers "already exists" for
+// any copy, the second copy's instances are conflicts); with configured
+// names, the forwarders give the webhook's copy back and then
+// dead-letter it as from an unknown source. Also, briefly, where the
+// names agree: while the reconciler follows a renamed Orthanc (two
+// polls), or a source is added to the Lua script before the ingest.
 func (h *Webhook) checkSource(ev *events.StudyStable, log *slog.Logger) {
 	if h.sourceNames == nil {
 		return
@@ -323,10 +334,15 @@ func (h *Webhook) checkSource(ev *events.StudyStable, log *slog.Logger) {
 		return
 	}
 	h.m.otherSource.Inc()
-	if n, ok := h.otherSource.Failed(); ok {
-		log.Warn("webhook event names a source the reconciler does not: set the Lua script's Stowline.Source and ORTHANC_SOURCE_NAME (or the ORTHANC_SOURCES name) alike, or each study is queued under both names and forwarded twice (docs/guarantees.md, De-duplication)",
-			"source", ev.Source, "reconciled_sources", names, "orthanc_study_id", ev.OrthancStudyID, "events_so_far", n)
+	n, ok := h.otherSource.Failed()
+	if !ok {
+		return
 	}
+	msg := "webhook event names a source the reconciler does not publish under: set the Lua script's Stowline.Source and ORTHANC_SOURCE_NAME alike (or leave both unset), or each study is queued under both names and forwarded twice (docs/guarantees.md, De-duplication)"
+	if h.sourcesNamed {
+		msg = "webhook event names a source the reconciler does not publish under: unless a forwarder knows that source (one being added), the forwarders give the event back for about 30 minutes, then dead-letter it as from an unknown source, while the reconciler's copy of the study is forwarded (do not replay those letters); set the Lua script's Stowline.Source to the source's ORTHANC_SOURCE_NAME or ORTHANC_SOURCES name (docs/guarantees.md, De-duplication)"
+	}
+	log.Warn(msg, "source", ev.Source, "reconciled_sources", names, "orthanc_study_id", ev.OrthancStudyID, "events_so_far", n)
 }
 
 // lastUpdateAhead counts and logs an event whose lastUpdate is more than
