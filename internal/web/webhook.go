@@ -106,8 +106,9 @@ type Webhook struct {
 	now     func() time.Time
 	m       *metrics
 	refused refusalLog
-	// sourceNames and otherSource: SourceNames, and the warnings of
-	// events naming another source, one an hour.
+	// sourceNames and sourcesNamed are the options' SourceNames and
+	// SourcesNamed; otherSource spaces the warnings of events naming
+	// another source, one an hour.
 	sourceNames  func() []string
 	sourcesNamed bool
 	otherSource  repeatlog.Failures
