@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/stowline/stowline/internal/dicomgen"
 	"github.com/stowline/stowline/internal/natsjs"
 	"github.com/stowline/stowline/internal/testharness"
+	"github.com/stowline/stowline/internal/web"
 )
 
 const token = "ingest-test-token-0123456789"
@@ -418,4 +420,23 @@ func testOrthancDatabaseRestoredFromBackup(t *testing.T, rel testharness.Release
 	if got := ing.metric(t, `stowline_reconcile_events_published_total{result="duplicate",source="src"}`); got != 0 {
 		t.Errorf("the backup's %v studies were published again, want none", got)
 	}
+}
+
+// postEvent posts body to the webhook of the ingest at addr, as the Lua
+// script does, and returns the answer's status. It calls no t method, so
+// a goroutine may use it.
+func postEvent(addr, body string) (int, error) {
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+web.WebhookPath, strings.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
 }

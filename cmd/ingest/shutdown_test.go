@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -76,21 +75,8 @@ func TestShutdownAnswersWebhookWaitingForJetStream(t *testing.T) {
 	answered := make(chan answer, 1)
 	go func() {
 		body := `{"type":"orthanc.study.stable","version":1,"source":"src","orthancStudyId":"0f2b6a1e-5c7d9e2f-8a3b4c5d-6e7f8091-a2b3c4d5","studyInstanceUid":"1.2.826.0.1.3680043.8.498.1","lastUpdate":"20260101T000000","priority":"routine"}`
-		req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/webhooks/orthanc", strings.NewReader(body))
-		if err != nil {
-			answered <- answer{err: err}
-			return
-		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			answered <- answer{err: err}
-			return
-		}
-		defer resp.Body.Close()
-		_, _ = io.Copy(io.Discard, resp.Body)
-		answered <- answer{status: resp.StatusCode}
+		status, err := postEvent(addr, body)
+		answered <- answer{status: status, err: err}
 	}()
 	// The publish is on its way to JetStream (the relay held the server's
 	// acknowledgement back): stop the ingest.

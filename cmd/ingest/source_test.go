@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-
-	"github.com/stowline/stowline/internal/web"
 )
 
 // The webhook's events name a source the reconciler does not publish
@@ -21,19 +19,12 @@ func TestWebhookEventOfAnotherSourceCounted(t *testing.T) {
 		t.Helper()
 		body := fmt.Sprintf(`{"type":"orthanc.study.stable","version":1,"source":%q,"orthancStudyId":%q,`+
 			`"studyInstanceUid":"1.2.3.%d","lastUpdate":"20261207T101500"}`, source, study, len(study))
-		req, err := http.NewRequest(http.MethodPost, "http://"+rep.addr+web.WebhookPath, strings.NewReader(body))
+		status, err := postEvent(rep.addr, body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		req.Header.Set("Authorization", "Bearer "+token)
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusAccepted {
-			t.Fatalf("status %d, want 202: an event of another source is queued all the same", resp.StatusCode)
+		if status != http.StatusAccepted {
+			t.Fatalf("status %d, want 202: an event of another source is queued all the same", status)
 		}
 	}
 	post("src", "27f7126f-4f66fb14-03f4081b-f9341db2-53925988")
