@@ -75,8 +75,9 @@ func deidentify(o *forward.Options, d *config.NamedDestination, log *slog.Logger
 			return !deident.ReadsSyntax(ts)
 		})
 		if len(o.TransferSyntaxes) == 0 {
-			return "", fmt.Errorf("%s lists only Explicit VR Big Endian or deflated syntaxes, which %s=basic cannot write: add 1.2.840.10008.1.2.1",
-				d.VarName("STOW_TRANSFER_SYNTAXES"), d.VarName("STOW_DEIDENTIFY"))
+			// Refused with the configuration (exit 2); a profile's
+			// list always has Explicit VR Little Endian.
+			return "", fmt.Errorf("destination %q: no transfer syntax the de-identifying rewrite writes", d.Name)
 		}
 	}
 	// The key's fingerprint, never the key: every forwarder of the

@@ -68,6 +68,8 @@ func TestDeidentify(t *testing.T) {
 		{name: "prefix with a backslash", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_PATIENT_PREFIX": `A\B`}, err: "STOW_DEIDENTIFY_PATIENT_PREFIX"},
 		{name: "burned-in value", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_DEIDENTIFY_BURNED_IN": "yes"}, err: "STOW_DEIDENTIFY_BURNED_IN"},
 		{name: "with qido verification", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_VERIFY": "qido"}},
+		{name: "only syntaxes the rewrite cannot write", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_TRANSFER_SYNTAXES": "1.2.840.10008.1.2.2,1.2.840.10008.1.2.1.99"}, err: "STOW_TRANSFER_SYNTAXES lists only Explicit VR Big Endian or deflated syntaxes"},
+		{name: "a syntax the rewrite writes among them", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_TRANSFER_SYNTAXES": "1.2.840.10008.1.2.2,1.2.840.10008.1.2.4.70"}},
 		{name: "not with replace", env: map[string]string{"STOW_DEIDENTIFY": "basic", "DEIDENTIFY_KEY_FILE": key, "STOW_ON_CONFLICT": "replace", "STOW_PROFILE": "azure"}, err: "STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic"},
 	}
 	for _, tt := range tests {

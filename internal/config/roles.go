@@ -13,6 +13,7 @@ import (
 	"time"
 	"unicode"
 
+	"github.com/stowline/stowline/internal/deident"
 	"github.com/stowline/stowline/internal/routing"
 )
 
@@ -325,6 +326,12 @@ func (d *Destination) validate() error {
 	errs = append(errs, d.Deidentify.validate()...)
 	if d.Deidentifies() && d.StowOnConflict == OnConflictReplace {
 		errs = append(errs, errors.New("STOW_ON_CONFLICT=replace cannot be used with STOW_DEIDENTIFY=basic yet: want skip or deadletter"))
+	}
+	// Checked here, not when the rewrite is set up: there it failed the
+	// forwarder's start after NATS was provisioned, and forwarder check
+	// passed it.
+	if d.Deidentifies() && len(d.StowTransferSyntaxes) > 0 && !slices.ContainsFunc(d.StowTransferSyntaxes, deident.ReadsSyntax) {
+		errs = append(errs, errors.New("STOW_TRANSFER_SYNTAXES lists only Explicit VR Big Endian or deflated syntaxes, which STOW_DEIDENTIFY=basic cannot write: add 1.2.840.10008.1.2.1"))
 	}
 	return errors.Join(errs...)
 }
