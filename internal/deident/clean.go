@@ -348,14 +348,6 @@ func (ids *identifiers) insert(v []byte) {
 	ids.needles = append(ids.needles, n)
 }
 
-// scrub is scrubContext that neither stops nor runs out of lookups
-// (tests, benchmarks).
-func (ids *identifiers) scrub(v []byte) ([]byte, bool) {
-	ids.lookups = 0
-	out, changed, _ := ids.scrubContext(context.Background(), v)
-	return out, changed
-}
-
 // scrubContext returns v without any identifying value (case-insensitive
 // for ASCII letters), and whether it changed. v itself is not modified.
 //

@@ -111,7 +111,7 @@ func TestStoreBodyPaths(t *testing.T) {
 			checkNoGoroutineLeak(t)
 			var log requestLog
 			srv := path.serve(t, fakeSTOWHandler(t, &log))
-			c := path.client(t, srv, WithBufferSize(bufSize))
+			c := path.client(t, srv, withBufferSize(bufSize))
 			for range 2 { // the second request reuses the pooled buffer
 				res, err := c.Store(t.Context(), parts)
 				if err != nil {
@@ -170,7 +170,7 @@ func TestStoreWritesFullChunks(t *testing.T) {
 	parts := []Part{memPart("1", want[0]), memPart("2", want[1]), memPart("3", want[2])}
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)
-	c, err := New("http://"+ln.Addr().String(), &http.Client{Transport: tr}, WithBufferSize(bufSize))
+	c, err := New("http://"+ln.Addr().String(), &http.Client{Transport: tr}, withBufferSize(bufSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +356,7 @@ func TestStoreBodyOutlivesDo(t *testing.T) {
 			Request:    req,
 		}, nil
 	})
-	c, err := New("http://stow.test", &http.Client{Transport: rt}, WithBufferSize(4096))
+	c, err := New("http://stow.test", &http.Client{Transport: rt}, withBufferSize(4096))
 	if err != nil {
 		t.Fatal(err)
 	}

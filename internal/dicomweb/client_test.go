@@ -636,9 +636,9 @@ func TestNew(t *testing.T) {
 		{base: "http://h/x#frag", err: true},
 		{base: "http://h/%zz", err: true},
 		{base: "http://h", opts: []Option{withMaxResponseBytes(0)}, err: true},
-		{base: "http://h", opts: []Option{WithBufferSize(10)}, err: true},
+		{base: "http://h", opts: []Option{withBufferSize(10)}, err: true},
 		{base: "http://h", opts: []Option{withBoundaryFunc(nil)}, err: true},
-		{base: "http://h", opts: []Option{WithBufferSize(4096), withMaxResponseBytes(1)}, url: "http://h/studies"},
+		{base: "http://h", opts: []Option{withBufferSize(4096), withMaxResponseBytes(1)}, url: "http://h/studies"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.base, func(t *testing.T) {

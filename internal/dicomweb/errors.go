@@ -26,7 +26,7 @@ var (
 	errNoParts = errors.New("stow: no parts to store")
 
 	// errResponseTooLarge means a success response body exceeded the
-	// client's limit (withMaxResponseBytes).
+	// client's limit (maxResponseBytes, raised by answerBytesPerInstance).
 	errResponseTooLarge = errors.New("stow: response body too large")
 
 	// errUnexpectedContentType means the response is neither DICOM JSON

@@ -89,7 +89,7 @@ func retrieveInstance(t *testing.T, url string) []byte {
 
 func TestStoreAgainstOrthanc(t *testing.T) {
 	base := startOrthanc(t)
-	c, err := New(base, &http.Client{}, WithBufferSize(4096)) // small buffer: many chunk edges
+	c, err := New(base, &http.Client{}, withBufferSize(4096)) // small buffer: many chunk edges
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestStoreAgainstOrthanc(t *testing.T) {
 			mu.Unlock()
 			return http.DefaultTransport.RoundTrip(req)
 		})
-		lc, err := New(base, &http.Client{Transport: rt}, WithContentLength(), WithBufferSize(4096))
+		lc, err := New(base, &http.Client{Transport: rt}, WithContentLength(), withBufferSize(4096))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -179,7 +179,7 @@ func (*slowSource) Close() error { return nil }
 func TestSlowRequestNotGivenUp(t *testing.T) {
 	var log requestLog
 	srv := fakeSTOW(t, &log)
-	c, err := New(srv.URL, nil, withTimeouts(time.Second, 5*time.Second), WithBufferSize(4096))
+	c, err := New(srv.URL, nil, withTimeouts(time.Second, 5*time.Second), withBufferSize(4096))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -156,12 +156,6 @@ func (l *limiter) evictLocked(now time.Time) {
 	}
 }
 
-func (l *limiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.clients)
-}
-
 // clientIP is the client's address: the peer's, or, when the peer is one
 // of the trusted proxies, the right-most X-Forwarded-For address that is
 // not itself a trusted proxy. Addresses further left are not used: anyone

@@ -9,6 +9,13 @@ import (
 	"time"
 )
 
+// size is the number of clients the limiter holds.
+func (l *limiter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.clients)
+}
+
 // The per-client table stays bounded however many addresses send.
 func TestLimiterBounded(t *testing.T) {
 	now := time.Unix(1_790_000_000, 0)
