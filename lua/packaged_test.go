@@ -53,3 +53,51 @@ func TestReadmePackagedOrthancSetup(t *testing.T) {
 		}
 	})
 }
+
+// The install block at the top of the script, copied as written, is a
+// configuration Orthanc starts with, and its event names the example's
+// source and priority. Its annotations were Lua's "--" comments, which
+// stopped Orthanc ("Cannot parse a JSON document").
+func TestScriptInstallBlock(t *testing.T) {
+	testharness.RequireBinary(t, "storescu")
+	script, err := os.ReadFile(scriptPath(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var block []string
+	for _, line := range strings.Split(string(script), "\n") {
+		switch {
+		case strings.HasPrefix(line, `--   "Stowline": {`):
+			block = append(block, "{")
+		case block == nil:
+			continue
+		case !strings.HasPrefix(line, "--"):
+			t.Fatalf("the install block does not end: %q", line)
+		}
+		block = append(block, strings.TrimPrefix(line, "--"))
+		if line == "--   }" {
+			block = append(block, "}")
+			break
+		}
+	}
+	if block == nil || block[len(block)-1] != "}" {
+		t.Fatalf("stowline.lua has no install block ending in --   }:\n%s", strings.Join(block, "\n"))
+	}
+	file := strings.Join(block, "\n")
+	const exampleURL = "http://stowline:8080/webhooks/orthanc"
+	if !strings.Contains(file, exampleURL) {
+		t.Fatalf("the install block posts elsewhere than %s:\n%s", exampleURL, file)
+	}
+	in := startIngest(t)
+	o := testharness.StartOrthanc(t, testharness.OrthancOptions{
+		LuaScripts:  []string{scriptPath(t)},
+		StableAge:   1,
+		ConfigFiles: map[string]string{"stowline.json": strings.Replace(file, exampleURL, "http://"+in.addr+"/webhooks/orthanc", 1)},
+		Env:         []string{"STOWLINE_INGEST_TOKEN=" + ingestToken},
+	})
+	id := addStudy(t, o)
+	p := waitPost(t, in, 1)
+	if p.Event["orthancStudyId"] != id || p.Event["source"] != "orthanc-main" || p.Event["priority"] != "routine" || p.Auth != "Bearer "+ingestToken {
+		t.Errorf("event %v with Authorization %q, want study %s of orthanc-main, routine, with the token", p.Event, p.Auth, id)
+	}
+}

@@ -6,10 +6,14 @@
 --   "Stowline": {
 --     "IngestUrl":   "http://stowline:8080/webhooks/orthanc",
 --     "IngestToken": "${STOWLINE_INGEST_TOKEN}",
---     "Source":      "orthanc-main",  -- optional, defaults to Orthanc's "Name"
---     "Priority":    "low"            -- optional: stat, routine or low for
---                                     -- every study of this Orthanc
+--     "Source":      "orthanc-main",  // optional, defaults to Orthanc's "Name"
+--     "Priority":    "routine"        // optional: stat, routine or low for
+--                                     // every study of this Orthanc (low
+--                                     // only for one that holds a migration:
+--                                     // docs/priority-lanes.md)
 --   }
+--
+-- (Orthanc's configuration takes // comments, not Lua's --.)
 --
 -- A site may pick each study's priority lane itself: define, in another
 -- Lua script of the same Orthanc, a function
