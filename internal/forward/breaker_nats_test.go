@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -717,6 +718,103 @@ func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
 	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
 	if st := f.Status(); st.State != "closed" || st.Held != 0 || st.Failures != 0 {
 		t.Errorf("breaker %+v, want closed, nothing held", st)
+	}
+}
+
+// TestBreakerTrialSendsWhatTheDestinationLacksFirst: a 503 outage
+// catches a large study three quarters sent, and halves the limit down to
+// its floor. The held study is the trial: sent again from its start, it
+// re-sent first, one request at a time, the 30 requests the destination
+// held already, none ending the trial, while every other study, a stat
+// one too, was held. Now its first request after the outage carries what
+// the destination lacks, closes the breaker, and the stat study goes.
+func TestBreakerTrialSendsWhatTheDestinationLacksFirst(t *testing.T) {
+	ns := testnats.Start(t)
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	all, err := topo.EnsureLanes(t.Context(), ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lanes := all[natsjs.DefaultDestination]
+	big := testEvent()
+	big.OrthancStudyID, big.StudyInstanceUID = "bbbbbbbb-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.1"
+	stat := testEvent()
+	stat.OrthancStudyID, stat.StudyInstanceUID = "aaaaaaaa-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.2"
+	src := sizedSource{memSource: newMemSource(80), big: big.OrthancStudyID}
+
+	var mu sync.Mutex
+	held := map[string]bool{}
+	var outage, recovered bool
+	var afterOutage []bool // whether each POST after the outage carried an instance the destination lacked
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		down := outage
+		mu.Unlock()
+		if r.Method == http.MethodGet {
+			if down {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				return
+			}
+			answerProbe(w, new(atomic.Int32))
+			return
+		}
+		uids := partUIDs(r)
+		if down {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+		mu.Lock()
+		fresh := false
+		var items []string
+		for _, u := range uids {
+			fresh = fresh || !held[u]
+			held[u] = true
+			items = append(items, `{"00081150":{"vr":"UI","Value":["1.2.840.10008.5.1.4.1.1.2"]},"00081155":{"vr":"UI","Value":["`+u+`"]}}`)
+		}
+		if recovered {
+			afterOutage = append(afterOutage, fresh)
+		} else if len(held) >= 60 {
+			outage = true
+		}
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/dicom+json")
+		fmt.Fprintf(w, `{"00081199":{"vr":"SQ","Value":[%s]}}`, strings.Join(items, ","))
+	}))
+	t.Cleanup(srv.Close)
+	f := newForwarder(t, src.memSource, srv.URL, nil, func(o *Options) {
+		o.Lanes = laneList(lanes)
+		o.SourceFor = func(string) (Source, error) { return src, nil }
+		o.Concurrency, o.StatWorkers = 1, 1
+		o.Failures = &memFailureLog{}
+		o.MaxInstances, o.RequestConcurrency, o.MinRequestConcurrency = 2, 8, 1
+		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: newProber(t, srv.URL)}
+	})
+	runForwarder(t, f)
+	publish := func(ev *events.StudyStable, lane events.Priority) {
+		t.Helper()
+		if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.LaneSubject(lane, "", ev.Source), ev, ev.MsgID()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(big, events.PriorityRoutine)
+	waitOpenHolding(t, f, 1)
+	mu.Lock()
+	t.Logf("breaker open; the destination holds %d of 80 instances; limit %d", len(held), f.Status().Requests)
+	outage, recovered = false, true
+	mu.Unlock()
+	publish(stat, events.PriorityStat)
+	waitConsumer(t, lanes[events.PriorityStat], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 })
+	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(held) != 80 {
+		t.Errorf("the destination holds %d of 80 instances", len(held))
+	}
+	if len(afterOutage) == 0 || !afterOutage[0] {
+		first := slices.Index(afterOutage, true)
+		t.Fatalf("the trial's first request after the outage re-sent only instances the destination held (%d such requests before the first with one it lacked)", first)
 	}
 }
 

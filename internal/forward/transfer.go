@@ -330,6 +330,9 @@ func (f *Forwarder) transfer(ctx context.Context, a *Attempt) (rep Report, err e
 	// creating: the instances the destination answers 45071 for
 	// (settlePending).
 	creating := &pendingCopies{cleared: map[string]bool{}}
+	if a.trial != 0 {
+		pending = freshFirst(pending, storedBefore)
+	}
 rounds:
 	for transientRounds := 0; ; {
 		var outs []batchOutcome
@@ -1463,4 +1466,24 @@ func byPut(send, put []dicomweb.Part, replacing map[string]bool) (post, puts []d
 		post = append(post, p)
 	}
 	return post, puts
+}
+
+// freshFirst puts first the parts no earlier run got stored, in their
+// order, then the others. A breaker's trial ends at its first request
+// stored anew (trialStored), and until it does every other study of the
+// destination, a stat one too, is held: a study the outage caught near
+// its end, sent again from its start, made its trial re-send what the
+// destination held already, at the limit the outage had halved, for
+// minutes on a large study.
+func freshFirst(parts []dicomweb.Part, storedBefore func(uid string) bool) []dicomweb.Part {
+	out := make([]dicomweb.Part, 0, len(parts))
+	var later []dicomweb.Part
+	for _, p := range parts {
+		if storedBefore(p.SOPInstanceUID) {
+			later = append(later, p)
+			continue
+		}
+		out = append(out, p)
+	}
+	return append(out, later...)
 }
