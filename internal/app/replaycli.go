@@ -30,7 +30,10 @@ const replayUsage = `Usage: forwarder replay COMMAND [flags]
 Commands:
   list     [filters] [--json]          list dead-lettered studies (all if no filter)
   show     SEQ [--json]                show one dead letter
-  run      filters|--all [--dry-run]   put dead-lettered studies back in the queue
+  run      filters|--all [--priority P] [--dry-run]
+                                       put dead-lettered studies back in the queue,
+                                       in the low lane (--priority routine or stat
+                                       to go first: a replayed stat study)
   purge    filters|--all [--dry-run]   delete dead letters for good
   reforward --since T [--until T] [--destination NAME] [--priority P] [--dry-run]
                                        queue again every event received in a window
@@ -228,8 +231,17 @@ func parseMutate(name string, args []string) (replayCommand, error) {
 	filterFlags(fs, &a)
 	dryRun := fs.Bool("dry-run", false, "only say what would be done")
 	asJSON := fs.Bool("json", false, "JSON output")
+	lane := &laneFlagValue{lane: events.PriorityLow}
+	if name == "run" {
+		lane = laneFlag(fs)
+	}
 	if err := parseReplayFlags(fs, args); err != nil {
 		return nil, err
+	}
+	if lane.s != nil {
+		if err := lane.parse(); err != nil {
+			return nil, usagef("%s: %w", name, err)
+		}
 	}
 	a.Blank = blankFlags(fs)
 	f, err := a.Filter()
@@ -239,7 +251,9 @@ func parseMutate(name string, args []string) (replayCommand, error) {
 	if f.Empty() {
 		return nil, usagef("%s: give a filter (--destination, --source, --seq, --study, --orthanc-id, --class, --reason, --since) or --all", name)
 	}
-	return func(ctx context.Context, c *replayCLI) error { return c.mutate(ctx, name, f, *dryRun, *asJSON) }, nil
+	return func(ctx context.Context, c *replayCLI) error {
+		return c.mutate(ctx, name, f, lane.lane, *dryRun, *asJSON)
+	}, nil
 }
 
 // stamp formats a letter's time, "-" when it has none (a letter this
@@ -251,9 +265,13 @@ func stamp(t time.Time) string {
 	return t.Format(time.RFC3339)
 }
 
-// mutate replays (name run) or purges the dead letters f selects.
-func (c *replayCLI) mutate(ctx context.Context, name string, f deadletter.Filter, dryRun, asJSON bool) error {
-	op, verb := c.Store.Replay, "replayed"
+// mutate replays (name run, into lane) or purges the dead letters f
+// selects.
+func (c *replayCLI) mutate(ctx context.Context, name string, f deadletter.Filter, lane events.Priority, dryRun, asJSON bool) error {
+	op := func(ctx context.Context, f deadletter.Filter, dryRun bool, done func(*deadletter.Entry)) (int, error) {
+		return c.Store.ReplayIn(ctx, f, lane, dryRun, done)
+	}
+	verb := "replayed"
 	if name == "purge" {
 		op, verb = c.Store.Purge, "purged"
 	}

@@ -137,6 +137,9 @@ func TestReplayArgumentErrors(t *testing.T) {
 		{[]string{"run", "--dry-run"}, "give a filter"},
 		{[]string{"run", "--study", "not a uid"}, "study:"},
 		{[]string{"purge"}, "give a filter"},
+		{[]string{"run", "--all", "--priority", "urgent"}, `--priority: priority "urgent"`},
+		// A purge queues nothing: it has no lane.
+		{[]string{"purge", "--all", "--priority", "stat"}, "priority"},
 		{[]string{"purge", "--since", "soon"}, "since:"},
 		// An unset $UID must not widen the purge to the destination's
 		// every dead letter.
@@ -169,6 +172,31 @@ func TestReplayArgumentErrors(t *testing.T) {
 	}
 	if n := r.events(t); n != 1 {
 		t.Errorf("bad commands queued events: the stream holds %d, want 1", n)
+	}
+}
+
+// A replay goes to the destination's low lane, or to the one --priority
+// names: a replayed stat study waited behind the backfills and for the
+// low lane's FORWARD_WINDOWS.
+func TestReplayRunInALane(t *testing.T) {
+	r := newReplayRig(t)
+	for i, tt := range []struct {
+		lane events.Priority
+		args []string
+	}{{events.PriorityLow, nil}, {events.PriorityStat, []string{"--priority", "stat"}}, {events.PriorityRoutine, []string{"--priority", "routine"}}} {
+		seq, _ := r.deadLetter(t, i+1, forward.Permanent, "HTTP 400")
+		r.mustRun(t, append([]string{"run", "--seq", strconv.FormatUint(seq, 10)}, tt.args...)...)
+		s, err := r.ns.JS.Stream(replayCtx(t), natsjs.EventStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, err := s.GetLastMsgForSubject(replayCtx(t), ">")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := natsjs.LaneSubject(tt.lane, natsjs.DefaultDestination, "orthanc-a"); last.Subject != want {
+			t.Errorf("replay run %v queued on %s, want %s", tt.args, last.Subject, want)
+		}
 	}
 }
 

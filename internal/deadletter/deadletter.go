@@ -578,6 +578,14 @@ const maxEmptyFetches = 30
 // letters are replayed at once; a failure stops the run, and the error
 // names the oldest letter that failed.
 func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*Entry)) (int, error) {
+	return s.ReplayIn(ctx, f, events.PriorityLow, dryRun, done)
+}
+
+// ReplayIn is Replay into the given lane (an operator's --priority): a
+// replayed stat study in the low lane waits behind the backfills and for
+// the lane's FORWARD_WINDOWS.
+func (s *Store) ReplayIn(ctx context.Context, f Filter, lane events.Priority, dryRun bool, done func(*Entry)) (int, error) {
+	lane = lane.Lane()
 	if f.Empty() {
 		return 0, errors.New("replay: no filter given (use All to replay every dead letter)")
 	}
@@ -587,10 +595,10 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 	}
 	// A destination without a consumer (removed, or renamed) would get
 	// the events and nobody would take them: keep its letters.
-	// The replay goes to the destination's low lane: its consumer is the
-	// one that must exist (its routine consumer stays when a removal of
-	// the destination stopped part-way, or when only the low one was
-	// deleted).
+	// The replay goes to the destination's lane (low by default): its
+	// consumer is the one that must exist (its routine consumer stays
+	// when a removal of the destination stopped part-way, or when only
+	// the low one was deleted).
 	// A letter of a message kept in part (no event of stowline's), or
 	// one this build cannot decode, is passed over, and named in the
 	// error once the others are replayed.
@@ -605,12 +613,12 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			partial = append(partial, strconv.FormatUint(e.Seq, 10))
 			return nil
 		}
-		subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), e.Event.Source)
+		subject := natsjs.LaneSubject(lane, DestinationOf(&e.DeadLetter), e.Event.Source)
 		if checked[subject] {
 			return nil
 		}
 		checked[subject] = true
-		if err := Taken(ctx, s.js, DestinationOf(&e.DeadLetter), events.PriorityLow, subject); err != nil {
+		if err := Taken(ctx, s.js, DestinationOf(&e.DeadLetter), lane, subject); err != nil {
 			return fmt.Errorf("replay: %w; its letters are kept", err)
 		}
 		return nil
@@ -655,7 +663,7 @@ func (s *Store) Replay(ctx context.Context, f Filter, dryRun bool, done func(*En
 			// all the same, its letter kept and not reported, and a
 			// replay past the dedupe window would queue it again. Each
 			// is bounded by the JetStream context's time-out.
-			if err := s.requeue(context.WithoutCancel(ctx), e); err != nil {
+			if err := s.requeue(context.WithoutCancel(ctx), e, lane); err != nil {
 				return fmt.Errorf("replay dead letter %d: %w", e.Seq, err)
 			}
 			queued = true
@@ -708,12 +716,12 @@ func replayable(e *Entry) bool {
 }
 
 // requeue stores e's event again in the event stream, in its
-// destination's low lane: for a letter of an event the forwarder could
-// not read, the event as it was stored, its bytes and its headers but
+// destination's lane: for a letter of an event the forwarder could not
+// read, the event as it was stored, its bytes and its headers but
 // JetStream's own (Nats-*) and the trace context; else the letter's event.
-func (s *Store) requeue(ctx context.Context, e *Entry) error {
+func (s *Store) requeue(ctx context.Context, e *Entry, lane events.Priority) error {
 	ev := e.Event
-	subject := natsjs.DestinationSubject(DestinationOf(&e.DeadLetter), ev.Source)
+	subject := natsjs.LaneSubject(lane, DestinationOf(&e.DeadLetter), ev.Source)
 	msgID := ReplayMsgID(e)
 	if e.Raw == nil {
 		_, err := natsjs.PublishTo(ctx, s.js, subject, &ev, msgID)
