@@ -54,6 +54,11 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 	// at each outage.
 	failed := &repeatlog.Failures{Every: time.Minute}
 	inARow := 0 // failed reads
+	// unlisted: complete reads in a row without this process's snapshot,
+	// its put failing. The others then do not count it, and take its
+	// share too, while it counts them: warned about at the
+	// shareFailuresWarned read, then once an hour.
+	unlisted, unlistedInARow := &repeatlog.Failures{Every: time.Hour}, 0
 	for name := range limits {
 		replicas.WithLabelValues(name).Set(1)
 	}
@@ -75,6 +80,19 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 				missing = fmt.Errorf("this forwarder's snapshot is not in it: %w", perr)
 			}
 			keys.noted(missing)
+			if missing != nil {
+				if unlistedInARow++; unlistedInARow >= shareFailuresWarned {
+					if _, warn := unlisted.Failed(); warn {
+						log.Warn("status: this forwarder's snapshot is not in the status bucket, so the other replicas do not count it: together they may exceed STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND; if it lasts, the likely cause is a NATS permission block without $KV.stowline_forwarders.> (docs/nats-permissions.md) or JetStream's memory storage full",
+							"bucket", natsjs.StatusBucket, "failed_reads", unlistedInARow, "err", missing)
+					}
+				}
+			} else if ownListed {
+				unlistedInARow = 0
+				if unlisted.Succeeded() > 0 {
+					log.Info("status: this forwarder's snapshot is in the status bucket again; the other replicas count it", "bucket", natsjs.StatusBucket)
+				}
+			}
 			counted := replicasByDestination(snaps)
 			for name, ls := range limits {
 				n := max(counted[name], 1)
