@@ -636,6 +636,41 @@ func (s sizedSource) StudyInstances(_ context.Context, id string) ([]orthancapi.
 	return s.instances[:1], nil
 }
 
+// trialRig is a fresh JetStream's lanes, a large study of n instances
+// (its source lists them all) and a stat study of one, for the tests of
+// the breaker's trial.
+type trialRig struct {
+	ns        *testnats.Server
+	lanes     map[events.Priority]jetstream.Consumer
+	big, stat *events.StudyStable
+	src       sizedSource
+}
+
+func newTrialRig(t *testing.T, n int) *trialRig {
+	t.Helper()
+	r := &trialRig{ns: testnats.Start(t)}
+	topo := natsjs.DefaultTopology()
+	topo.AckWait = 3 * time.Second
+	all, err := topo.EnsureLanes(t.Context(), r.ns.JS, []string{natsjs.DefaultDestination})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.lanes = all[natsjs.DefaultDestination]
+	r.big, r.stat = testEvent(), testEvent()
+	r.big.OrthancStudyID, r.big.StudyInstanceUID = "bbbbbbbb-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.1"
+	r.stat.OrthancStudyID, r.stat.StudyInstanceUID = "aaaaaaaa-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.2"
+	r.src = sizedSource{memSource: newMemSource(n), big: r.big.OrthancStudyID}
+	return r
+}
+
+// publish stores ev in lane for every destination.
+func (r *trialRig) publish(t *testing.T, ev *events.StudyStable, lane events.Priority) {
+	t.Helper()
+	if _, err := natsjs.PublishTo(t.Context(), r.ns.JS, natsjs.LaneSubject(lane, "", ev.Source), ev, ev.MsgID()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestBreakerTrialEndsAtItsFirstStoredRequest: after a short outage, the
 // held study that is the half-open breaker's trial is a large one, sent
 // again whole. The destination's first answer storing some of it closes
@@ -644,19 +679,8 @@ func (s sizedSource) StudyInstances(_ context.Context, id string) ([]orthancapi.
 // re-send (hours for 20,000 instances) and no worker pulled, the stat
 // one included.
 func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
-	ns := testnats.Start(t)
-	topo := natsjs.DefaultTopology()
-	topo.AckWait = 3 * time.Second
-	all, err := topo.EnsureLanes(t.Context(), ns.JS, []string{natsjs.DefaultDestination})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lanes := all[natsjs.DefaultDestination]
-	big := testEvent()
-	big.OrthancStudyID, big.StudyInstanceUID = "bbbbbbbb-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.1"
-	stat := testEvent()
-	stat.OrthancStudyID, stat.StudyInstanceUID = "aaaaaaaa-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.2"
-	src := sizedSource{memSource: newMemSource(40), big: big.OrthancStudyID}
+	r := newTrialRig(t, 40)
+	lanes, big, stat, src := r.lanes, r.big, r.stat, r.src
 
 	var k sink
 	stores := k.handler(nil)
@@ -687,13 +711,7 @@ func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
 		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: newProber(t, srv.URL)}
 	})
 	runForwarder(t, f)
-	publish := func(ev *events.StudyStable, lane events.Priority) {
-		t.Helper()
-		if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.LaneSubject(lane, "", ev.Source), ev, ev.MsgID()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish(big, events.PriorityRoutine)
+	r.publish(t, big, events.PriorityRoutine)
 	waitOpenHolding(t, f, 1)
 	down.Store(false)
 	// The trial is sending: its first request was stored.
@@ -704,7 +722,7 @@ func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	publish(stat, events.PriorityStat)
+	r.publish(t, stat, events.PriorityStat)
 	waitConsumer(t, lanes[events.PriorityStat], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 })
 	info, err := lanes[events.PriorityRoutine].Info(t.Context())
 	if err != nil {
@@ -729,19 +747,8 @@ func TestBreakerTrialEndsAtItsFirstStoredRequest(t *testing.T) {
 // one too, was held. Now its first request after the outage carries what
 // the destination lacks, closes the breaker, and the stat study goes.
 func TestBreakerTrialSendsWhatTheDestinationLacksFirst(t *testing.T) {
-	ns := testnats.Start(t)
-	topo := natsjs.DefaultTopology()
-	topo.AckWait = 3 * time.Second
-	all, err := topo.EnsureLanes(t.Context(), ns.JS, []string{natsjs.DefaultDestination})
-	if err != nil {
-		t.Fatal(err)
-	}
-	lanes := all[natsjs.DefaultDestination]
-	big := testEvent()
-	big.OrthancStudyID, big.StudyInstanceUID = "bbbbbbbb-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.1"
-	stat := testEvent()
-	stat.OrthancStudyID, stat.StudyInstanceUID = "aaaaaaaa-4f66fb14-03f4081b-f9341db2-53925988", "1.2.9.2"
-	src := sizedSource{memSource: newMemSource(80), big: big.OrthancStudyID}
+	r := newTrialRig(t, 80)
+	lanes, big, stat, src := r.lanes, r.big, r.stat, r.src
 
 	var mu sync.Mutex
 	held := map[string]bool{}
@@ -792,19 +799,13 @@ func TestBreakerTrialSendsWhatTheDestinationLacksFirst(t *testing.T) {
 		o.Breaker = BreakerOptions{Failures: 1, ProbeInterval: 100 * time.Millisecond, MaxProbeInterval: 200 * time.Millisecond, Prober: newProber(t, srv.URL)}
 	})
 	runForwarder(t, f)
-	publish := func(ev *events.StudyStable, lane events.Priority) {
-		t.Helper()
-		if _, err := natsjs.PublishTo(t.Context(), ns.JS, natsjs.LaneSubject(lane, "", ev.Source), ev, ev.MsgID()); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish(big, events.PriorityRoutine)
+	r.publish(t, big, events.PriorityRoutine)
 	waitOpenHolding(t, f, 1)
 	mu.Lock()
 	t.Logf("breaker open; the destination holds %d of 80 instances; limit %d", len(held), f.Status().Requests)
 	outage, recovered = false, true
 	mu.Unlock()
-	publish(stat, events.PriorityStat)
+	r.publish(t, stat, events.PriorityStat)
 	waitConsumer(t, lanes[events.PriorityStat], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 2 })
 	waitConsumer(t, lanes[events.PriorityRoutine], func(i *jetstream.ConsumerInfo) bool { return i.AckFloor.Stream == 1 })
 	mu.Lock()
