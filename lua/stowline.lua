@@ -6,11 +6,12 @@
 --   "Stowline": {
 --     "IngestUrl":   "http://stowline:8080/webhooks/orthanc",
 --     "IngestToken": "${STOWLINE_INGEST_TOKEN}",
---     "Source":      "orthanc-main",  // optional, defaults to Orthanc's "Name"
---     "Priority":    "routine"        // optional: stat, routine or low for
---                                     // every study of this Orthanc (low
---                                     // only for one that holds a migration:
---                                     // docs/priority-lanes.md)
+--     "Source":      "orthanc-main"   // optional, defaults to Orthanc's "Name"
+--     // "Priority": "low"           // optional: stat, routine or low for every
+--                                    // study of this Orthanc, which the ingest's
+--                                    // PRIORITY_RULE then does not see; low only
+--                                    // for one that holds a migration
+--                                    // (docs/priority-lanes.md)
 --   }
 --
 -- (Orthanc's configuration takes // comments, not Lua's --.)
