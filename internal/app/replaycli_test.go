@@ -197,6 +197,13 @@ func TestReplayRunInALane(t *testing.T) {
 		if want := natsjs.LaneSubject(tt.lane, natsjs.DefaultDestination, "orthanc-a"); last.Subject != want {
 			t.Errorf("replay run %v queued on %s, want %s", tt.args, last.Subject, want)
 		}
+		// A lane's replay has a dedupe ID of its own: the same letter
+		// replayed in the low lane, and again in another, is queued
+		// again, not dropped as a repeat.
+		id := last.Header.Get(jetstream.MsgIDHeader)
+		if low := tt.lane == events.PriorityLow; low != !strings.HasSuffix(id, "/"+string(tt.lane)) || !strings.Contains(id, "/replay/") {
+			t.Errorf("replay run %v queued with dedupe ID %q", tt.args, id)
+		}
 	}
 }
 

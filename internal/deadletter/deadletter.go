@@ -723,6 +723,13 @@ func (s *Store) requeue(ctx context.Context, e *Entry, lane events.Priority) err
 	ev := e.Event
 	subject := natsjs.LaneSubject(lane, DestinationOf(&e.DeadLetter), ev.Source)
 	msgID := ReplayMsgID(e)
+	if lane != events.PriorityLow {
+		// Its own in another lane: a low lane's replay stored whose
+		// letter stayed (its delete failed), replayed again with
+		// --priority stat, was dropped as its repeat, the letter deleted
+		// and the study left in the low lane.
+		msgID += "/" + string(lane)
+	}
 	if e.Raw == nil {
 		_, err := natsjs.PublishTo(ctx, s.js, subject, &ev, msgID)
 		return err
