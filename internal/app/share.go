@@ -83,7 +83,7 @@ func shareLimits(ctx context.Context, s *statusWiring, limits map[string][]repli
 			if missing != nil {
 				if unlistedInARow++; unlistedInARow >= shareFailuresWarned {
 					if _, warn := unlisted.Failed(); warn {
-						log.Warn("status: this forwarder's snapshot is not in the status bucket, so the other replicas do not count it: together they may exceed STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND; if it lasts, the likely cause is a NATS permission block without $KV.stowline_forwarders.> (docs/nats-permissions.md) or JetStream's memory storage full",
+						log.Warn("status: this forwarder's snapshot is not in the status bucket, so other replicas serving its destinations do not count it: together they may exceed STOW_PARALLEL_REQUESTS and STOW_MAX_BYTES_PER_SECOND; if it lasts, the likely cause is a NATS permission block without $KV.stowline_forwarders.> (docs/nats-permissions.md) or JetStream's memory storage full",
 							"bucket", natsjs.StatusBucket, "failed_reads", unlistedInARow, "err", missing)
 					}
 				}

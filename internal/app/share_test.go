@@ -117,7 +117,7 @@ func TestShareLimitsWithoutReadingTheBucket(t *testing.T) {
 		// It counts the other, which does not count it: the warning
 		// names the limits they may exceed together. It said "status
 		// page" only, and the replicas gauge read 1 on the other.
-		{"no put to the status bucket", []string{"$KV.stowline_forwarders.>"}, 2, 2, "the other replicas do not count it: together they may exceed STOW_PARALLEL_REQUESTS"},
+		{"no put to the status bucket", []string{"$KV.stowline_forwarders.>"}, 2, 2, "other replicas serving its destinations do not count it: together they may exceed STOW_PARALLEL_REQUESTS"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
