@@ -915,23 +915,6 @@ func (s *Store) deleteLetter(ctx context.Context, seq uint64) (gone bool, err er
 	return false, err
 }
 
-// Reforward re-queues every event the main stream received in
-// [since, until) (until zero: up to now), for a destination that lost
-// data, or one added since (a backfill): for the destination named, or
-// for every destination when it is empty, in the low lane. Each gets a
-// fresh dedupe ID.
-//
-// unreadable counts the messages stored in the window that are no event
-// this build reads (the forwarders dead-letter those as undecodable):
-// not queued. Events of a newer ingest's version are not queued either,
-// and fail the run once the others are (an error matching
-// events.ErrNewerVersion): newer forwarders did forward them, and a
-// re-forward from an older one (a rollback) would leave their studies out
-// while reporting success.
-func Reforward(ctx context.Context, js jetstream.JetStream, destination string, since, until time.Time, dryRun bool) (evs []events.StudyStable, unreadable int, err error) {
-	return ReforwardIn(ctx, js, destination, events.PriorityLow, since, until, dryRun)
-}
-
 // StreamStart is when the event stream's oldest event was stored, zero
 // when it holds none: a re-forward or a backfill from the stream reaches
 // back no further (EVENTS_RETENTION).
@@ -978,7 +961,19 @@ func UnreadableNote(n int) string {
 	return fmt.Sprintf("%d messages in the window are no event this build reads and were not queued: the forwarders dead-letter them as undecodable (`forwarder replay list --reason undecodable`)", n)
 }
 
-// ReforwardIn is Reforward in the given lane (an operator's --priority).
+// ReforwardIn re-queues every event the main stream received in
+// [since, until) (until zero: up to now), for a destination that lost
+// data, or one added since (a backfill): for the destination named, or
+// for every destination when it is empty, in lane (an operator's
+// --priority; the low lane by default). Each gets a fresh dedupe ID.
+//
+// unreadable counts the messages stored in the window that are no event
+// this build reads (the forwarders dead-letter those as undecodable):
+// not queued. Events of a newer ingest's version are not queued either,
+// and fail the run once the others are (an error matching
+// events.ErrNewerVersion): newer forwarders did forward them, and a
+// re-forward from an older one (a rollback) would leave their studies out
+// while reporting success.
 func ReforwardIn(ctx context.Context, js jetstream.JetStream, destination string, lane events.Priority, since, until time.Time, dryRun bool) (evs []events.StudyStable, unreadable int, err error) {
 	if since.IsZero() {
 		return nil, 0, errors.New("reforward: a start time is required")

@@ -2,6 +2,7 @@ package web
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
@@ -235,6 +236,21 @@ type mutateRequest struct {
 	// answer it, a JSON number, or a string.
 	Seq    json.RawMessage `json:"seq,omitempty"`
 	DryRun bool            `json:"dryRun"`
+	// Priority is a replay's lane (low unless given): a purge has none.
+	Priority string `json:"priority,omitempty"`
+}
+
+// laneOf is a request's "priority": the low lane unless given, as the
+// commands' --priority.
+func laneOf(priority string) (events.Priority, error) {
+	if priority == "" {
+		return events.PriorityLow, nil
+	}
+	lane, err := events.ParsePriority(priority)
+	if err != nil {
+		return "", fmt.Errorf("priority: %w", err)
+	}
+	return lane, nil
 }
 
 // givenEmpty refuses a JSON object's keys given "" or null ({"study": ""}
@@ -319,9 +335,21 @@ func (a *AdminAPI) mutate(replay bool) http.HandlerFunc {
 			WriteError(w, http.StatusBadRequest, "give a filter (destination, source, seq, study, orthancStudyId, class, reason, since) or \"all\": true")
 			return
 		}
+		if req.Priority != "" && !replay {
+			WriteError(w, http.StatusBadRequest, "priority: a purge queues nothing (a replay's lane)")
+			return
+		}
+		lane, err := laneOf(req.Priority)
+		if err != nil {
+			WriteError(w, http.StatusBadRequest, err.Error())
+			return
+		}
 		op, what, done := a.Store.Purge, "purge", "purged"
 		if replay {
-			op, what, done = a.Store.Replay, "replay", "replayed"
+			op = func(ctx context.Context, f deadletter.Filter, dryRun bool, done func(*deadletter.Entry)) (int, error) {
+				return a.Store.ReplayIn(ctx, f, lane, dryRun, done)
+			}
+			what, done = "replay", "replayed"
 		}
 		// Summaries only, of the first maxSummaries letters: the letters
 		// themselves may hold up to 512 KB each, and the store reads them
@@ -363,6 +391,8 @@ type reforwardRequest struct {
 	Since       string `json:"since"`
 	Until       string `json:"until"`
 	DryRun      bool   `json:"dryRun"`
+	// Priority is the lane (low unless given).
+	Priority string `json:"priority,omitempty"`
 }
 
 func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
@@ -386,6 +416,11 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 		WriteError(w, http.StatusBadRequest, "since: "+err.Error())
 		return
 	}
+	lane, err := laneOf(req.Priority)
+	if err != nil {
+		WriteError(w, http.StatusBadRequest, err.Error())
+		return
+	}
 	var until time.Time
 	if req.Until != "" {
 		if until, err = deadletter.ParseTime(req.Until); err != nil {
@@ -397,7 +432,7 @@ func (a *AdminAPI) reforward(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	evs, unreadable, err := deadletter.Reforward(r.Context(), a.JS, destination, since, until, req.DryRun)
+	evs, unreadable, err := deadletter.ReforwardIn(r.Context(), a.JS, destination, lane, since, until, req.DryRun)
 	count := len(evs)
 	// The first maxSummaries events only, as a replay's letters: a window
 	// of a busy week holds tens of thousands. A copy of them, so that the

@@ -954,3 +954,62 @@ func TestAdminSaysWhyABodyIsNoUTF8JSON(t *testing.T) {
 		t.Errorf("%d dead letters left, want the one there was", len(left))
 	}
 }
+
+// A replay or a re-forward goes to the low lane unless the request's
+// "priority" names another, as the commands' --priority: a dead-lettered
+// stat study replayed through the API waited behind the backfills and
+// for the low lane's FORWARD_WINDOWS. A purge has no lane.
+func TestAdminReplaysInALane(t *testing.T) {
+	f := start(t) // letter 1, of source orthanc-a
+	if _, err := natsjs.DefaultTopology().EnsureLanes(t.Context(), f.ns.JS, []string{natsjs.DefaultDestination}); err != nil {
+		t.Fatal(err)
+	}
+	const token = "admin-token-0123456789"
+	r := chi.NewRouter()
+	(&web.AdminAPI{Token: token, Store: f.store, JS: f.ns.JS, Log: slog.New(slog.DiscardHandler), Destinations: []string{natsjs.DefaultDestination}}).Mount(r)
+	post := func(path, body string) *httptest.ResponseRecorder {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		rec := httptest.NewRecorder()
+		r.ServeHTTP(rec, req)
+		return rec
+	}
+	lastSubject := func() string {
+		t.Helper()
+		s, err := f.ns.JS.Stream(t.Context(), natsjs.EventStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.GetLastMsgForSubject(t.Context(), ">")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Subject
+	}
+	for _, tt := range []struct{ path, body string }{
+		{"/admin/deadletters/purge", `{"all":true,"priority":"stat"}`},
+		{"/admin/deadletters/replay", `{"seq":1,"priority":"urgent"}`},
+		{"/admin/reforward", `{"since":"1h","priority":"urgent"}`},
+	} {
+		if rec := post(tt.path, tt.body); rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "priority") {
+			t.Errorf("%s %s: status %d, body %s; want 400 naming priority", tt.path, tt.body, rec.Code, rec.Body)
+		}
+	}
+	if rec := post("/admin/deadletters/replay", `{"seq":1,"priority":"stat"}`); rec.Code != http.StatusOK {
+		t.Fatalf("replay: status %d, body %s", rec.Code, rec.Body)
+	}
+	if got, want := lastSubject(), natsjs.LaneSubject(events.PriorityStat, natsjs.DefaultDestination, "orthanc-a"); got != want {
+		t.Errorf("replayed on %s, want %s", got, want)
+	}
+	// The re-forward takes the events Orthanc announced, not replays.
+	if _, err := (natsjs.Publisher{JS: f.ns.JS}).Publish(t.Context(), &f.ev); err != nil {
+		t.Fatal(err)
+	}
+	if rec := post("/admin/reforward", `{"since":"1h","priority":"routine","destination":"default"}`); rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"count":1`) {
+		t.Fatalf("reforward: status %d, body %s", rec.Code, rec.Body)
+	}
+	if got, want := lastSubject(), natsjs.LaneSubject(events.PriorityRoutine, natsjs.DefaultDestination, "orthanc-a"); got != want {
+		t.Errorf("re-forwarded on %s, want %s", got, want)
+	}
+}
